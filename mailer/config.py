@@ -1,0 +1,164 @@
+"""Settings: read from the environment and a `.env` file, each one checked at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from email.utils import getaddresses, parseaddr
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mailer.errors import ConfigError
+
+PREFIX = "MAILER_"
+SECRET_FIELDS = {"smtp_password", "secret"}
+
+
+def _https_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.netloc or any(c.isspace() for c in value):
+        raise ValueError("must be an https URL")
+    return value
+
+
+def _single_address(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    pairs = getaddresses([value])
+    if len(pairs) != 1 or "@" not in pairs[0][1]:
+        raise ValueError("must be one address, such as 'Name <news@example.org>'")
+    return value
+
+
+class Settings(BaseModel):
+    """The settings in effect; field `x` is read from `MAILER_X`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    smtp_host: str | None = None
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_ca_file: Path | None = None
+    smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_connections: int = Field(default=4, ge=1, le=64)
+    rate_limit: float = Field(default=0.0, ge=0)
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    retry_base_seconds: float = Field(default=2.0, ge=0)
+    from_: str | None = Field(default=None, alias="from")
+    reply_to: str | None = None
+    list_id: str | None = None
+    secret: str | None = None
+    unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None
+    donate_url: str | None = None
+    subscribers: Path = Path("subscribers.csv")
+    issues_dir: Path = Path("issues")
+    state_dir: Path = Path("state")
+
+    _check_from = field_validator("from_", "reply_to")(_single_address)
+    _check_donate = field_validator("donate_url")(_https_url)
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _check_unsubscribe_url(cls, value: str | None) -> str | None:
+        _https_url(value)
+        if value is not None and "{token}" not in value:
+            raise ValueError("must contain {token} where the unsubscribe token goes")
+        return value
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _check_mailto(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        address = value.removeprefix("mailto:")
+        if parseaddr(address)[1] != address or "@" not in address:
+            raise ValueError("must be a bare address, such as unsubscribe@example.org")
+        return address
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @property
+    def port(self) -> int:
+        if self.smtp_port is not None:
+            return self.smtp_port
+        return 465 if self.smtp_security == "ssl" else 587
+
+    @property
+    def from_address(self) -> str:
+        return parseaddr(self.from_ or "")[1]
+
+    @property
+    def list_id_header(self) -> str:
+        """`List-Id`: the setting, or `Name <local.domain>` derived from `MAILER_FROM`."""
+        if self.list_id:
+            return self.list_id
+        name, address = parseaddr(self.from_ or "")
+        local, _, domain = address.partition("@")
+        list_id = f"<{local}.{domain}>"
+        return f"{name} {list_id}" if name.isascii() and name else list_id
+
+    def require(self, *names: str) -> None:
+        """Refuse to go on when a setting this command needs is not set."""
+        missing = [f"{PREFIX}{n.rstrip('_').upper()}" for n in names if getattr(self, n) is None]
+        if missing:
+            raise ConfigError("\n".join(f"{m}: required for this command, not set" for m in missing))
+
+    def masked(self) -> dict[str, str]:
+        """Every setting as `MAILER_X -> value`, secrets masked."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS and value:
+                text = "********"
+            elif value is None:
+                text = "(not set)"
+            else:
+                text = str(value)
+            shown[PREFIX + name.rstrip("_").upper()] = text
+        shown["MAILER_SMTP_PORT"] = str(self.port)
+        return shown
+
+
+def load_settings(env_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `env_file` (default `./.env` when present), the real environment winning."""
+    environ = os.environ if environ is None else environ
+    if env_file is None:
+        env_file = Path(".env") if Path(".env").is_file() else None
+    elif not env_file.is_file():
+        raise ConfigError(f"{env_file}: env file not found")
+    values: dict[str, str] = {}
+    if env_file is not None:
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(environ)
+    raw: dict[str, str] = {}
+    for key, value in values.items():
+        if key.startswith(PREFIX) and value.strip() != "":
+            raw[key[len(PREFIX):].lower()] = value.strip()
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            lines.append(f"{PREFIX}{field.upper()}: {_plain(error['msg'])}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _plain(message: str) -> str:
+    return message.removeprefix("Value error, ")

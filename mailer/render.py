@@ -1,0 +1,126 @@
+"""Rendering: Jinja2 templates and premailer, run once per issue.
+
+The per-recipient values (greeting, address, unsubscribe link) are rendered as slot markers,
+so that the costly part (templating and CSS inlining) runs once for the whole list and each
+recipient only costs a string join.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parseaddr
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+from markupsafe import escape
+from premailer import Premailer
+
+from mailer.config import Settings
+from mailer.errors import InputError
+from mailer.issue import Issue
+
+SLOTS = ("greeting", "email", "unsubscribe_url")
+DEFAULT_LIST_NAME = "The Top Ten"
+
+#: How many times premailer has run in this process; a send runs it once per issue.
+inline_runs = 0
+
+
+def templates_dir() -> Path:
+    """`templates/` in the working directory when there is one, else the project's own."""
+    local = Path("templates")
+    if (local / "email.html.j2").is_file():
+        return local
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+@dataclass(frozen=True)
+class Personalisable:
+    """A rendered body cut at its slots: `parts` alternates text and slot names."""
+
+    parts: tuple[str, ...]
+    escape_values: bool
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        out = list(self.parts)
+        for i in range(1, len(out), 2):
+            value = values[out[i]]
+            out[i] = str(escape(value)) if self.escape_values else value
+        return "".join(out)
+
+    @property
+    def static_size(self) -> int:
+        return sum(len(p.encode()) for p in self.parts[0::2])
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    issue: Issue
+    html: Personalisable
+    text: Personalisable
+
+
+def greeting(name: str) -> str:
+    return f"Good morning, {name}." if name else "Good morning."
+
+
+def render_issue(issue: Issue, settings: Settings, templates: Path | None = None) -> RenderedIssue:
+    """Render both parts of the email with slot markers, and inline the HTML's CSS once."""
+    global inline_runs
+    nonce = secrets.token_hex(6)
+    markers = {slot: f"mailerslot-{slot.replace('_', '-')}-{nonce}" for slot in SLOTS}
+    env = Environment(
+        loader=FileSystemLoader(templates or templates_dir()),
+        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    display_name = parseaddr(settings.from_ or "")[0]
+    context = {
+        "issue": issue,
+        "stories": issue.ranked,
+        "list_name": display_name or DEFAULT_LIST_NAME,
+        "donate_url": settings.donate_url,
+        "date_long": f"{issue.date:%A, %B} {issue.date.day}, {issue.date.year}",
+        **markers,
+    }
+    try:
+        html = env.get_template("email.html.j2").render(context)
+        text = env.get_template("email.txt.j2").render(context)
+    except TemplateError as exc:
+        raise InputError(f"templates: {exc}") from None
+    html = inline_css(html)
+    inline_runs += 1
+    return RenderedIssue(
+        issue=issue,
+        html=_cut(html, markers, escape_values=True),
+        text=_cut(text, markers, escape_values=False),
+    )
+
+
+def inline_css(html: str) -> str:
+    """premailer with the network off: every style a client needs goes inline."""
+    return Premailer(
+        html,
+        allow_network=False,
+        disable_validation=True,
+        strip_important=False,
+        cssutils_logging_level=logging.CRITICAL,
+        disable_link_rewrites=True,
+    ).transform()
+
+
+def _cut(body: str, markers: Mapping[str, str], escape_values: bool) -> Personalisable:
+    by_marker = {marker: slot for slot, marker in markers.items()}
+    pattern = re.compile("|".join(re.escape(m) for m in markers.values()))
+    parts: list[str] = []
+    last = 0
+    for match in pattern.finditer(body):
+        parts += [body[last : match.start()], by_marker[match.group()]]
+        last = match.end()
+    parts.append(body[last:])
+    return Personalisable(tuple(parts), escape_values)

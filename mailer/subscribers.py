@@ -1,0 +1,117 @@
+"""The subscriber list: a CSV file as spreadsheets write it, read one row at a time."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+
+from mailer.errors import SubscribersError
+
+ACTIVE = {"", "active", "subscribed"}
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A row to send to; `row` is the spreadsheet row (the header is row 1)."""
+
+    row: int
+    email: str
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.email.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRow:
+    """A row not sent to, and why."""
+
+    row: int
+    email: str
+    reason: str
+
+
+def check_address(raw: str) -> str:
+    """The address as it goes into `To:` and `RCPT TO`; raises ValueError with the reason."""
+    try:
+        return validate_email(raw, check_deliverability=False, allow_smtputf8=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def clean_name(raw: str) -> str:
+    """A display name that cannot break a header: control characters become spaces."""
+    return " ".join(_UNSAFE_NAME.sub(" ", raw).split())[:200]
+
+
+def read_subscribers(path: Path) -> Iterator[Recipient | SkippedRow]:
+    """Open the list and check its header now; the rows are read lazily, one at a time."""
+    try:
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise SubscribersError(f"{path}: cannot read the subscriber list: {exc.strerror}") from None
+    try:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        handle.close()
+        raise SubscribersError(f"{path}: row 1: {_reason(exc)}") from None
+    if header is None:
+        handle.close()
+        raise SubscribersError(f"{path}: the file is empty (a header row with 'email' is needed)")
+    columns = [name.strip().lower() for name in header]
+    if "email" not in columns:
+        handle.close()
+        raise SubscribersError(f"{path}: no 'email' column in the header row")
+    return _rows(path, handle, reader, columns)
+
+
+def _rows(
+    path: Path, handle: object, reader: Iterator[list[str]], columns: list[str]
+) -> Iterator[Recipient | SkippedRow]:
+    at_email = columns.index("email")
+    at_name = columns.index("name") if "name" in columns else None
+    at_status = columns.index("status") if "status" in columns else None
+    row = 1
+    with handle:  # type: ignore[attr-defined]
+        while True:
+            try:
+                fields = next(reader, None)
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise SubscribersError(f"{path}: row {row + 1}: {_reason(exc)}") from None
+            if fields is None:
+                return
+            row += 1
+            if not any(f.strip() for f in fields):
+                continue
+            raw_email = fields[at_email].strip() if at_email < len(fields) else ""
+            if at_status is not None and at_status < len(fields):
+                status = fields[at_status].strip().lower()
+                if status not in ACTIVE:
+                    yield SkippedRow(row, raw_email, f"status is '{status}'")
+                    continue
+            if not raw_email:
+                yield SkippedRow(row, "", "no address")
+                continue
+            try:
+                email = check_address(raw_email)
+            except ValueError as exc:
+                yield SkippedRow(row, clean_name(raw_email), f"invalid address: {exc}")
+                continue
+            name = ""
+            if at_name is not None and at_name < len(fields):
+                name = clean_name(fields[at_name])
+            yield Recipient(row, email, name)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return f"not valid CSV: {exc}"
