@@ -78,6 +78,8 @@ def render_issue(issue: Issue, settings: Settings, templates: Path | None = None
         autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     display_name = parseaddr(settings.from_ or "")[0]
     context = {

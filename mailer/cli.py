@@ -1,0 +1,514 @@
+"""The `mailer` command: arguments, output and exit codes over the library.
+
+Only this module prints or chooses an exit code; the library raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import email
+import email.policy
+import json
+import logging
+import signal
+import sys
+import threading
+import webbrowser
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mailer import __version__
+from mailer.config import Settings, load_settings
+from mailer.delivery import Tally
+from mailer.errors import InputError, IssueInvalid, MailerError
+from mailer.issue import load_issue, resolve_issue_path
+from mailer.ledger import Ledger
+from mailer.message import MessageFactory
+from mailer.progress import Progress, describe, elapsed
+from mailer.send import Outcome, Prepared, dry_run, open_ledger, prepare, replay, replay_candidates, test_send
+from mailer.send import send as send_issue
+from mailer.subscribers import Recipient, check_address, clean_name
+from mailer.tokens import read_token
+
+log = logging.getLogger("mailer")
+
+EXIT_OK, EXIT_FAILURES, EXIT_INPUT, EXIT_TRY_LATER = 0, 1, 2, 75
+PREVIEW_DEFAULTS = {
+    "from_": "The Top Ten <news@example.org>",
+    "secret": "preview-only-secret",
+    "unsubscribe_url": "https://example.org/unsubscribe/{token}",
+}
+
+
+class _IssueTag(logging.Filter):
+    """Puts the issue date on every log line."""
+
+    issue = "-"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.issue = self.issue
+        return True
+
+
+_tag = _IssueTag()
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s [%(issue)s] %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    handler.addFilter(_tag)
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def _out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    """Check an issue file against every rule; list each problem as FILE: path: message.
+
+    Example: mailer validate issues/2026-11-24.json
+    """
+    path = _issue_path(args, settings)
+    issue = load_issue(path)
+    _out(f"{path}: valid: {issue.date}, {len(issue.stories)} stories, subject {issue.subject!r}")
+    return EXIT_OK
+
+
+def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
+    """Write exactly what one subscriber would receive: DIR/<date>.html, .txt and .eml.
+
+    Example: mailer preview today --as ann@example.org --open
+    """
+    missing = {k: v for k, v in PREVIEW_DEFAULTS.items() if getattr(settings, k) is None}
+    settings = settings.model_copy(update=missing)
+    prepared = prepare(_issue_path(args, settings), settings)
+    recipient = Recipient(0, check_address(args.as_), clean_name(args.name))
+    raw = MessageFactory(prepared.rendered, settings).build(recipient)
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for part in parsed.walk():
+        if part.get_content_type() in ("text/html", "text/plain"):
+            suffix = "html" if part.get_content_subtype() == "html" else "txt"
+            files[suffix] = part.get_content()
+    paths = []
+    for suffix in ("html", "txt"):
+        path = out / f"{prepared.key}.{suffix}"
+        path.write_text(files[suffix], encoding="utf-8")
+        paths.append(path)
+    eml = out / f"{prepared.key}.eml"
+    eml.write_bytes(raw)
+    paths.append(eml)
+    for path in paths:
+        _out(str(path))
+    for name in missing:
+        _out(f"note: MAILER_{name.rstrip('_').upper()} is not set; the preview uses a placeholder")
+    _print_warnings(prepared)
+    if args.open:
+        webbrowser.open(paths[0].resolve().as_uri())
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
+    """Deliver the issue to every active subscriber not yet delivered (resumes a stopped run).
+
+    Examples:
+      mailer send today                                  the morning run
+      mailer send today --dry-run                        the plan, connecting to nothing
+      mailer send 2026-11-24 --to me@example.org         a [TEST] copy to yourself
+      mailer send today --outbox outbox/                 .eml files instead of SMTP
+    """
+    prepared = prepare(_issue_path(args, settings), settings)
+    subscribers: Path = args.subscribers or settings.subscribers
+    if args.dry_run:
+        return _print_dry_run(prepared, settings, subscribers, args.outbox)
+    if args.to:
+        log.info("test send of %s to %s", prepared.key, ", ".join(args.to))
+        outcome = _with_signals(lambda stop: test_send(prepared, settings, args.to, outbox=args.outbox, stop=stop))
+        _summarise(outcome, "test send")
+        return outcome.exit_code
+    target = f"outbox {args.outbox}" if args.outbox else f"{settings.smtp_host}:{settings.port}"
+    log.info("sending %s (%s) from %s to %s", prepared.key, prepared.issue.subject, subscribers, target)
+    for warning in prepared.warnings:
+        log.warning("content: %s", warning)
+    tally = Tally()
+    with Progress(tally):
+        outcome = _with_signals(
+            lambda stop: send_issue(prepared, settings, subscribers, outbox=args.outbox, stop=stop, tally=tally)
+        )
+    _summarise(outcome, "send")
+    return outcome.exit_code
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Send again to the recipients whose delivery failed; no one delivered gets it twice.
+
+    Examples:
+      mailer replay 2026-11-24                   those that failed after their retries
+      mailer replay 2026-11-24 --in-doubt        also those whose outcome is unknown
+      mailer replay 2026-11-24 --dry-run         list who would be sent to
+    """
+    prepared = prepare(_issue_path(args, settings), settings)
+    if args.dry_run:
+        rows = replay_candidates(settings, prepared.key, in_doubt=args.in_doubt, permanent=args.permanent)
+        for address, status, last in rows:
+            _out(f"would send  {address}  ({status}: {last})")
+        _out(f"{len(rows)} recipient(s) would be sent to")
+        return EXIT_OK
+    tally = Tally()
+    with Progress(tally):
+        outcome = _with_signals(
+            lambda stop: replay(prepared, settings, in_doubt=args.in_doubt, permanent=args.permanent,
+                                stop=stop, tally=tally)
+        )
+    log.info("replay: %d recipient(s) made pending again", outcome.replayed)
+    _summarise(outcome, "replay")
+    return outcome.exit_code
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    """Who got the issue, who did not and why: counts, runs, then each failure.
+
+    Examples:
+      mailer report 2026-11-24
+      mailer report today --json
+      mailer report today --csv > 2026-11-24.csv
+    """
+    key = _issue_key(args, settings)
+    ledger = open_ledger(settings.state_dir, key, read_only=True)
+    try:
+        counts = ledger.counts(key)
+        runs = [dict(r) for r in ledger.runs(key)]
+        problems = [dict(r) for r in ledger.rows(key, ["failed", "in_doubt", "dot"])]
+        if args.csv:
+            _report_csv(ledger, key)
+            return EXIT_OK
+    finally:
+        ledger.close()
+    first, last = (runs[0], runs[-1]) if runs else ({}, {})
+    delivered = sum(r["delivered"] for r in runs)
+    rate = _rate(runs)
+    if args.json:
+        body: dict[str, Any] = {"issue": key, **counts, "total": sum(counts.values())}
+        body |= {
+            "started_at": first.get("started_at"),
+            "ended_at": last.get("ended_at"),
+            "runs": len(runs),
+            "rate_per_second": rate,
+            "failures": [_failure(r) for r in problems],
+        }
+        _out(json.dumps(body, indent=2))
+        return EXIT_OK
+    _out(f"Issue {key}: {sum(counts.values())} recipients")
+    for status, count in counts.items():
+        _out(f"  {status:<11}{count:>8}")
+    for run in runs:
+        _out(
+            f"  {run['kind']} run {run['id']}: {run['started_at']} to {run['ended_at'] or '(not ended)'}"
+            f", {run['outcome'] or 'interrupted'}, {run['delivered']} delivered"
+        )
+    if rate is not None:
+        _out(f"  {delivered} delivered at {rate:.1f} messages/s")
+    if problems:
+        _out("Failures:")
+        for r in problems:
+            f = _failure(r)
+            _out(f"  {f['email']}  {f['status']}  after {f['attempts']} attempt(s): "
+                 f"{f['last_code'] or '-'} {f['last_message'] or ''}")
+        _out("Retry with: mailer replay " + key + (" --in-doubt" if counts["in_doubt"] else ""))
+    return EXIT_OK
+
+
+def _failure(row: dict[str, Any]) -> dict[str, Any]:
+    status = "in_doubt" if row["status"] in ("in_doubt", "dot") else row["status"]
+    if status == "failed":
+        status = "failed (permanent)" if row["permanent"] else "failed (after retries)"
+    return {
+        "email": row["email"],
+        "status": status,
+        "attempts": row["attempts"],
+        "last_code": row["last_code"],
+        "last_message": row["last_message"],
+    }
+
+
+def _rate(runs: list[dict[str, Any]]) -> float | None:
+    seconds = 0.0
+    for run in runs:
+        if run["ended_at"]:
+            start = dt.datetime.fromisoformat(run["started_at"])
+            end = dt.datetime.fromisoformat(run["ended_at"])
+            seconds += (end - start).total_seconds()
+    if not seconds:
+        return None
+    return round(sum(r["delivered"] for r in runs) / seconds, 1)
+
+
+def _report_csv(ledger: Ledger, key: str) -> None:
+    columns = ["row", "email", "name", "status", "attempts", "last_code", "last_message",
+               "reason", "updated_at", "sent_at"]
+    writer = csv.writer(sys.stdout)
+    writer.writerow(columns)
+    for row in ledger.rows(key):
+        values = dict(row)
+        if values["status"] == "dot":
+            values["status"] = "in_doubt"
+        writer.writerow([values[c] if values[c] is not None else "" for c in columns])
+
+
+def cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
+    """Add an address to the suppression list, or the one an unsubscribe token carries.
+
+    Examples:
+      mailer unsubscribe ann@example.org
+      mailer unsubscribe --token 'YW5uQGV4YW1wbGUub3Jn.Qm9ndXM'
+    """
+    if bool(args.address) == bool(args.token):
+        raise InputError("give either an ADDRESS or --token TOKEN")
+    if args.token:
+        settings.require("secret")
+        address = read_token(settings.secret or "", args.token)
+        how = "token"
+    else:
+        address = check_address(args.address) if "@" in args.address else args.address
+        how = "command line"
+    ledger = Ledger.in_dir(settings.state_dir)
+    try:
+        added = ledger.suppress(address, "unsubscribed", f"by {how}")
+    finally:
+        ledger.close()
+    _out(f"{address}: {'unsubscribed' if added else 'already on the suppression list'}")
+    return EXIT_OK
+
+
+def cmd_suppressed(args: argparse.Namespace, settings: Settings) -> int:
+    """List the suppression list: address, reason and date.
+
+    Example: mailer suppressed
+    """
+    ledger = Ledger.in_dir(settings.state_dir)
+    try:
+        rows = ledger.suppressed()
+    finally:
+        ledger.close()
+    for address, reason, detail, created in rows:
+        _out(f"{address}\t{reason}\t{created}\t{detail}")
+    _out(f"{len(rows)} suppressed address(es)")
+    return EXIT_OK
+
+
+def cmd_unsuppress(args: argparse.Namespace, settings: Settings) -> int:
+    """Lift one address from the suppression list, so later issues go to it again.
+
+    Example: mailer unsuppress ann@example.org
+    """
+    ledger = Ledger.in_dir(settings.state_dir)
+    try:
+        lifted = ledger.unsuppress(args.address)
+    finally:
+        ledger.close()
+    if not lifted:
+        raise InputError(f"{args.address}: not on the suppression list")
+    _out(f"{args.address}: lifted from the suppression list")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the settings in effect, secrets masked.
+
+    Example: mailer config --env-file /etc/topten/mailer.env
+    """
+    for name, value in settings.masked().items():
+        _out(f"{name}={value}")
+    return EXIT_OK
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _issue_path(args: argparse.Namespace, settings: Settings) -> Path:
+    path = resolve_issue_path(args.issue, settings.issues_dir)
+    _tag.issue = path.stem
+    return path
+
+
+def _issue_key(args: argparse.Namespace, settings: Settings) -> str:
+    """The date of an issue for the ledger; the file need not exist any more."""
+    path = _issue_path(args, settings)
+    if path.stem and len(path.stem) == 10 and path.stem[4] == "-":
+        return path.stem
+    return load_issue(path).date.isoformat()
+
+
+def _print_warnings(prepared: Prepared) -> None:
+    for warning in prepared.warnings:
+        _out(f"warning: {warning}")
+
+
+def _print_dry_run(prepared: Prepared, settings: Settings, subscribers: Path, outbox: Path | None) -> int:
+    with dry_run(prepared, settings, subscribers, outbox=outbox) as plan:
+        write = sys.stdout.write
+        for r in plan.recipients:
+            write(f"send  {r.email}{'  (' + r.name + ')' if r.name else ''}\n")
+        for row, address, status, reason in plan.skipped:
+            write(f"skip  row {row}: {address or '(empty)'}: {status}: {reason}\n")
+        p = plan.plan
+    _out(
+        f"dry run of {prepared.key}: {p.pending} to send, {p.skipped} skipped, "
+        f"{p.suppressed} suppressed, {p.duplicates} duplicate row(s), "
+        f"{p.done_before} already handled by an earlier run; nothing was sent"
+    )
+    _print_warnings(prepared)
+    return EXIT_OK
+
+
+def _with_signals(run: Callable[[threading.Event], Outcome]) -> Outcome:
+    """SIGINT/SIGTERM: finish the messages in flight, record them, then stop (exit 75)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.warning("%s: finishing the messages in flight, then stopping", signal.Signals(signum).name)
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)  # a second one stops at once
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run(stop)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _summarise(outcome: Outcome, what: str) -> None:
+    c, t = outcome.counts, outcome.tally
+    log.info(
+        "%s of %s ended in %s: this run %d sent, %d failed, %d in doubt; the issue now has "
+        "%d sent, %d failed, %d in doubt, %d pending, %d suppressed, %d skipped",
+        what, outcome.issue, elapsed(t), t.sent, t.failed, t.in_doubt,
+        c.get("sent", 0), c.get("failed", 0), c.get("in_doubt", 0), c.get("pending", 0),
+        c.get("suppressed", 0), c.get("skipped", 0),
+    )
+    if outcome.error is not None:
+        log.error("%s (exit %d); run the same command again to resume", outcome.error, outcome.exit_code)
+    elif not outcome.complete and what != "test send":
+        log.warning(
+            "not everyone has it: see `mailer report %s`, retry with `mailer replay %s`",
+            outcome.issue, outcome.issue,
+        )
+    else:
+        log.info("progress at the end: %s", describe(t))
+
+
+# -- the parser --------------------------------------------------------------------------
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "validate": cmd_validate,
+    "preview": cmd_preview,
+    "send": cmd_send,
+    "replay": cmd_replay,
+    "report": cmd_report,
+    "unsubscribe": cmd_unsubscribe,
+    "suppressed": cmd_suppressed,
+    "unsuppress": cmd_unsuppress,
+    "config": cmd_config,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env-file", type=Path, default=None, metavar="PATH",
+                        help="settings file (default ./.env when present); the environment wins")
+    common.add_argument("-v", "--verbose", action="store_true", help="log each retry too")
+    parser = argparse.ArgumentParser(
+        prog="mailer",
+        description="The Top Ten daily email: validate, preview, send, report and replay.",
+        epilog="Exit codes: 0 done, 1 some recipients failed or are in doubt, "
+        "2 bad input (nothing sent), 75 try again later (re-running resumes).",
+    )
+    parser.add_argument("--version", action="version", version=f"mailer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        func = COMMANDS[name]
+        doc = (func.__doc__ or "").strip()
+        summary, _, rest = doc.partition("\n")
+        return sub.add_parser(
+            name, parents=[common], help=summary, description=summary,
+            epilog=rest.strip(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    issue_help = "an issue file, a date YYYY-MM-DD (in $MAILER_ISSUES_DIR) or 'today'"
+    p = add("validate")
+    p.add_argument("issue", metavar="ISSUE", help=issue_help)
+    p = add("preview")
+    p.add_argument("issue", metavar="ISSUE", help=issue_help)
+    p.add_argument("--out", type=Path, default=Path("preview"), metavar="DIR", help="default: preview/")
+    p.add_argument("--as", dest="as_", default="reader@example.org", metavar="EMAIL",
+                   help="the subscriber to render for (default a sample one)")
+    p.add_argument("--name", default="", help="that subscriber's name, for the greeting")
+    p.add_argument("--open", action="store_true", help="open the HTML in the default browser")
+    p = add("send")
+    p.add_argument("issue", metavar="ISSUE", help=issue_help)
+    p.add_argument("--subscribers", type=Path, metavar="CSV",
+                   help="default $MAILER_SUBSCRIBERS, else subscribers.csv")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; connect to nothing")
+    p.add_argument("--to", action="append", metavar="ADDR",
+                   help="a [TEST] send to just this address (repeatable), not recorded")
+    p.add_argument("--outbox", type=Path, metavar="DIR",
+                   help="write .eml files to DIR instead of SMTP, with a ledger of their own")
+    p = add("replay")
+    p.add_argument("issue", metavar="ISSUE", help=issue_help)
+    p.add_argument("--in-doubt", action="store_true", help="also those in doubt")
+    p.add_argument("--permanent", action="store_true", help="also those refused permanently")
+    p.add_argument("--dry-run", action="store_true", help="list who would be sent to")
+    p = add("report")
+    p.add_argument("issue", metavar="ISSUE", help=issue_help)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object")
+    fmt.add_argument("--csv", action="store_true", help="one CSV row per recipient")
+    p = add("unsubscribe")
+    p.add_argument("address", nargs="?", metavar="ADDRESS")
+    p.add_argument("--token", help="the token from the message's unsubscribe link")
+    add("suppressed")
+    p = add("unsuppress")
+    p.add_argument("address", metavar="ADDRESS")
+    add("config")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
+        return int(exc.code or 0)
+    _setup_logging(args.verbose)
+    try:
+        settings = load_settings(args.env_file)
+        return COMMANDS[args.command](args, settings)
+    except IssueInvalid as exc:
+        for line in exc.problems:
+            sys.stderr.write(line + "\n")
+        sys.stderr.write(f"{len(exc.problems)} problem(s); nothing was sent\n")
+        return exc.exit_code
+    except MailerError as exc:
+        for line in str(exc).splitlines():
+            sys.stderr.write(f"mailer {args.command}: {line}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("mailer: interrupted\n")
+        return EXIT_TRY_LATER
+
+

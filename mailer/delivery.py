@@ -1,0 +1,262 @@
+"""The delivery run: the ledger as the work list, N connections, retries, and a clean stop."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailer.config import Settings
+from mailer.errors import ConnectFailed, DeliveryError, Interrupted, LockHeld, ServerUnreachable
+from mailer.ledger import Ledger
+from mailer.message import MessageFactory
+from mailer.subscribers import Recipient
+from mailer.throttle import Pacer
+from mailer.transport import Transport
+
+log = logging.getLogger("mailer")
+
+LOCK_NAME = "send.lock"
+MAX_BACKOFF = 300.0
+
+
+@contextlib.contextmanager
+def run_lock(state_dir: Path) -> Iterator[None]:
+    """One send or replay at a time per state directory; the kernel frees it if we die."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = (state_dir / LOCK_NAME).open("a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeld(f"{state_dir}: another send or replay is running; try again later") from None
+        yield
+    finally:
+        handle.close()
+
+
+def backoff(attempt: int, base: float) -> float:
+    """Exponential backoff with full jitter around the nominal wait."""
+    nominal = min(MAX_BACKOFF, base * 2 ** max(0, attempt - 1))
+    return nominal * random.uniform(0.5, 1.5)
+
+
+@dataclass(order=True)
+class _Job:
+    due: float
+    seq: int
+    recipient: Recipient = field(compare=False)
+    attempts: int = field(compare=False, default=0)
+
+
+@dataclass
+class Tally:
+    """What this run did, as it goes; read by the progress display."""
+
+    total: int = 0
+    sent: int = 0
+    failed: int = 0
+    in_doubt: int = 0
+    retried: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.failed + self.in_doubt
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.sent / elapsed if elapsed > 0 else 0.0
+
+
+class Delivery:
+    """Delivers every pending row of one issue in the ledger, then returns."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        issue: str,
+        factory: MessageFactory,
+        transports: Callable[[], Transport],
+        settings: Settings,
+        *,
+        stop: threading.Event,
+        tally: Tally | None = None,
+        lift_bounces: bool = False,
+    ) -> None:
+        self.ledger = ledger
+        self.issue = issue
+        self.factory = factory
+        self.transports = transports
+        self.settings = settings
+        self.sender = settings.from_address
+        self.stop = stop
+        self.tally = tally or Tally()
+        self.lift_bounces = lift_bounces
+        self.pacer = Pacer(settings.rate_limit)
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._retries: list[_Job] = []
+        self._seq = itertools.count()
+        self._fed = False
+        self._busy = 0
+        self._abort: ConnectFailed | None = None
+
+    # -- the work list --------------------------------------------------------------------
+
+    def _feed(self) -> None:
+        limit = 256 * self.settings.smtp_connections
+        for recipient, attempts in self.ledger.pending(self.issue):
+            with self._cond:
+                while len(self._queue) >= limit and not self._stopping():
+                    self._cond.wait(0.5)
+                if self._stopping():
+                    break
+                self._queue.append(_Job(0.0, next(self._seq), recipient, attempts))
+                self._cond.notify()
+        with self._cond:
+            self._fed = True
+            self._cond.notify_all()
+
+    def _stopping(self) -> bool:
+        return self.stop.is_set() or self._abort is not None
+
+    def _take(self) -> _Job | None:
+        with self._cond:
+            while True:
+                if self._stopping():
+                    return None
+                now = time.monotonic()
+                if self._retries and self._retries[0].due <= now:
+                    job = heapq.heappop(self._retries)
+                elif self._queue:
+                    job = self._queue.popleft()
+                elif self._fed and not self._retries and self._busy == 0:
+                    self._cond.notify_all()
+                    return None
+                else:
+                    wait = self._retries[0].due - now if self._retries else 1.0
+                    self._cond.wait(min(wait, 1.0))
+                    continue
+                self._busy += 1
+                self._cond.notify_all()  # room in the queue for the feeder
+                return job
+
+    def _finish(self, retry: _Job | None = None) -> None:
+        with self._cond:
+            self._busy -= 1
+            if retry is not None:
+                heapq.heappush(self._retries, retry)
+            self._cond.notify_all()
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> Tally:
+        self.tally.total = self.ledger.counts(self.issue)["pending"]
+        workers = [
+            threading.Thread(target=self._work, name=f"smtp-{n}", daemon=True)
+            for n in range(self.settings.smtp_connections)
+        ]
+        for worker in workers:
+            worker.start()
+        self._feed()
+        for worker in workers:
+            worker.join()
+        if self._abort is not None:
+            raise ServerUnreachable(f"stopped early, the rest left pending: {self._abort}")
+        if self.stop.is_set():
+            raise Interrupted("interrupted: the messages in flight were recorded, the rest left pending")
+        return self.tally
+
+    def _work(self) -> None:
+        transport = self.transports()
+        ledger = self.ledger.reopen()
+        connect_failures = 0
+        try:
+            while (job := self._take()) is not None:
+                retry = None
+                try:
+                    self.pacer.wait(self.stop)
+                    retry = self._attempt(job, transport, ledger)
+                    connect_failures = 0
+                except ConnectFailed as exc:
+                    connect_failures += 1
+                    retry = job  # never tried: not an attempt, and it stays pending
+                    job.due = 0.0
+                    if exc.fatal or connect_failures >= self.settings.max_attempts:
+                        log.error("cannot reach the SMTP server: %s", exc)
+                        with self._cond:
+                            self._abort = self._abort or exc
+                    else:
+                        wait = backoff(connect_failures, self.settings.retry_base_seconds)
+                        log.warning("cannot reach the SMTP server (%s); again in %.1fs", exc, wait)
+                        self.stop.wait(wait)
+                finally:
+                    self._finish(retry)
+        finally:
+            transport.close()
+            ledger.close()
+
+    def _attempt(self, job: _Job, transport: Transport, ledger: Ledger) -> _Job | None:
+        """One try at one message; returns the job when it is to be tried again later."""
+        recipient = job.recipient
+        key = recipient.key
+        message = self.factory.build(recipient)
+        attempts = job.attempts + 1
+
+        def before_dot() -> None:
+            ledger.mark_dot(self.issue, key, attempts)
+
+        try:
+            reply = transport.send(self.sender, recipient.email, message, before_dot)
+        except DeliveryError as exc:
+            job.attempts = attempts
+            return self._failed(job, exc, ledger)
+        ledger.record(self.issue, key, "sent", attempts, 250, reply)
+        if self.lift_bounces:
+            ledger.unsuppress_bounce(recipient.email)
+        self.pacer.success()
+        with self._cond:
+            self.tally.sent += 1
+        return None
+
+    def _failed(self, job: _Job, exc: DeliveryError, ledger: Ledger) -> _Job | None:
+        email, key, attempts = job.recipient.email, job.recipient.key, job.attempts
+        if exc.throttled:
+            self.pacer.throttle()
+        if exc.in_doubt:
+            ledger.record(self.issue, key, "in_doubt", attempts, exc.code, exc.message)
+            log.warning("%s: in doubt (%s); not resent, see `mailer replay --in-doubt`", email, exc)
+            with self._cond:
+                self.tally.in_doubt += 1
+            return None
+        if exc.transient and attempts < self.settings.max_attempts:
+            ledger.record(self.issue, key, "pending", attempts, exc.code, exc.message)
+            wait = backoff(attempts, self.settings.retry_base_seconds)
+            log.info("%s: attempt %d failed (%s); again in %.1fs", email, attempts, exc, wait)
+            job.due = time.monotonic() + wait
+            with self._cond:
+                self.tally.retried += 1
+            return job
+        permanent = not exc.transient
+        ledger.record(self.issue, key, "failed", attempts, exc.code, exc.message, permanent=permanent)
+        if permanent:
+            ledger.suppress(email, "bounced", f"{self.issue}: {exc.message}")
+        log.warning(
+            "%s: failed after %d attempt%s (%s)%s",
+            email, attempts, "" if attempts == 1 else "s", exc,
+            "; suppressed for later issues" if permanent else "",
+        )
+        with self._cond:
+            self.tally.failed += 1
+        return None

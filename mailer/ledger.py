@@ -1,0 +1,361 @@
+"""The ledger: one SQLite row per issue and recipient, the send log that makes a re-run resume.
+
+WAL mode with `synchronous=NORMAL`: each commit lands in the WAL through the OS before the
+call returns, so it survives the process being killed at any moment (`kill -9`), which is the
+guarantee the final-dot record needs; surviving a power cut per message is not required.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mailer.errors import LedgerError
+from mailer.subscribers import Recipient, SkippedRow
+
+FILE_NAME = "ledger.sqlite3"
+STATUSES = ("sent", "failed", "in_doubt", "suppressed", "skipped", "pending")
+# `dot`: the final "." of the message is about to be sent or was sent with no reply yet.
+# After a crash such a row becomes `in_doubt`; in reports it already counts as one.
+IN_FLIGHT = "dot"
+
+# Numbered migrations: MIGRATIONS[n] takes a ledger from version n to n + 1.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE deliveries (
+            issue TEXT NOT NULL,
+            key TEXT NOT NULL,
+            email TEXT NOT NULL,
+            name TEXT NOT NULL DEFAULT '',
+            row INTEGER,
+            status TEXT NOT NULL,
+            reason TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            permanent INTEGER NOT NULL DEFAULT 0,
+            last_code INTEGER,
+            last_message TEXT,
+            plan INTEGER,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            sent_at TEXT,
+            PRIMARY KEY (issue, key)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX deliveries_status ON deliveries (issue, status)",
+        """CREATE TABLE suppressions (
+            key TEXT PRIMARY KEY,
+            email TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            issue TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            outcome TEXT,
+            delivered INTEGER NOT NULL DEFAULT 0
+        )""",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _uri(path: Path) -> str:
+    return path.resolve().as_uri()
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class PlanCounts:
+    rows: int = 0
+    pending: int = 0
+    skipped: int = 0
+    suppressed: int = 0
+    duplicates: int = 0
+    done_before: int = 0
+
+
+class Ledger:
+    """One connection to the ledger; each thread that writes opens its own."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        uri = _uri(path) + ("?mode=ro" if read_only else "")
+        self.db = sqlite3.connect(
+            uri, uri=True, isolation_level=None, timeout=60, check_same_thread=False
+        )
+        if not read_only:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=60000")
+        self._migrate(read_only)
+
+    @classmethod
+    def in_dir(cls, state_dir: Path) -> Ledger:
+        return cls(state_dir / FILE_NAME)
+
+    def reopen(self) -> Ledger:
+        """Another connection to the same file, for another thread."""
+        return Ledger(self.path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self, read_only: bool) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path}: ledger schema version {version} is newer than this mailer "
+                f"understands ({SCHEMA_VERSION}); upgrade the mailer, nothing was changed"
+            )
+        if version == SCHEMA_VERSION or read_only:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step]:
+                    self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # -- planning -------------------------------------------------------------------------
+
+    def plan(self, issue: str, rows: Iterable[Recipient | SkippedRow], batch: int = 5000) -> PlanCounts:
+        """Record every row of the list for this issue, in one transaction.
+
+        Rows already in the ledger keep their state, except that a still-pending row is
+        skipped if the list now says so. Duplicates (case-insensitive) collapse into one row.
+        """
+        counts = PlanCounts()
+        stamp = now()
+        plan_id = time.time_ns()
+        upsert = """
+            INSERT INTO deliveries (issue, key, email, name, row, status, reason, plan,
+                                    created_at, updated_at)
+            VALUES (?1, ?2, ?3, ?4, ?5,
+                    CASE WHEN ?6 = 'pending' AND EXISTS (SELECT 1 FROM suppressions s WHERE s.key = ?2)
+                         THEN 'suppressed' ELSE ?6 END,
+                    ?7, ?8, ?9, ?9)
+            ON CONFLICT (issue, key) DO UPDATE SET
+                plan = excluded.plan,
+                status = CASE WHEN deliveries.status = 'pending' AND excluded.status != 'pending'
+                              AND deliveries.plan != excluded.plan
+                         THEN excluded.status ELSE deliveries.status END,
+                reason = CASE WHEN deliveries.status = 'pending' AND excluded.status != 'pending'
+                              AND deliveries.plan != excluded.plan
+                         THEN excluded.reason ELSE deliveries.reason END
+        """
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            chunk: list[tuple[object, ...]] = []
+            for item in rows:
+                counts.rows += 1
+                if isinstance(item, Recipient):
+                    chunk.append((issue, item.key, item.email, item.name, item.row, "pending",
+                                  None, plan_id, stamp))
+                else:
+                    key = item.email.lower() if "@" in item.email and "invalid" not in item.reason else f"#row{item.row}"
+                    chunk.append((issue, key, item.email, "", item.row, "skipped", item.reason,
+                                  plan_id, stamp))
+                if len(chunk) >= batch:
+                    self.db.executemany(upsert, chunk)
+                    chunk.clear()
+            self.db.executemany(upsert, chunk)
+            # A row still pending from an earlier plan whose address left the list.
+            self.db.execute(
+                "UPDATE deliveries SET status='skipped', reason='no longer in the list', "
+                "updated_at=? WHERE issue=? AND status='pending' AND plan != ?",
+                (stamp, issue, plan_id),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        by_status = self.counts(issue)
+        in_this_plan = self.db.execute(
+            "SELECT count(*) FROM deliveries WHERE issue=? AND plan=?", (issue, plan_id)
+        ).fetchone()[0]
+        counts.duplicates = counts.rows - in_this_plan
+        counts.pending = by_status["pending"]
+        counts.skipped = by_status["skipped"]
+        counts.suppressed = by_status["suppressed"]
+        counts.done_before = by_status["sent"] + by_status["failed"] + by_status["in_doubt"]
+        return counts
+
+    def recover(self, issue: str) -> int:
+        """After a crash: a message whose final dot may have reached the server is in doubt."""
+        cursor = self.db.execute(
+            "UPDATE deliveries SET status='in_doubt', updated_at=?, last_message=coalesce("
+            "last_message, 'interrupted after the final dot was sent; the server may have "
+            "accepted it') WHERE issue=? AND status=?",
+            (now(), issue, IN_FLIGHT),
+        )
+        return cursor.rowcount
+
+    def pending(self, issue: str, batch: int = 2000) -> Iterator[tuple[Recipient, int]]:
+        """Pending recipients in list order, with the attempts made so far, read in batches."""
+        last: tuple[int, str] = (-1, "")
+        while True:
+            rows = self.db.execute(
+                "SELECT row, key, email, name, attempts FROM deliveries WHERE issue=? AND "
+                "status='pending' AND (row, key) > (?, ?) ORDER BY row, key LIMIT ?",
+                (issue, *last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for row, _key, email, name, attempts in rows:
+                yield Recipient(row, email, name), attempts
+            last = (rows[-1][0], rows[-1][1])
+
+    def copy_from(self, other: Path, issue: str) -> None:
+        """Seed a scratch ledger with another's suppression list and this issue's rows."""
+        self.db.execute("ATTACH DATABASE ? AS other", (_uri(other) + "?mode=ro",))
+        try:
+            self.db.execute("INSERT INTO suppressions SELECT * FROM other.suppressions")
+            self.db.execute(
+                "INSERT INTO deliveries SELECT * FROM other.deliveries WHERE issue=?", (issue,)
+            )
+        finally:
+            self.db.execute("DETACH DATABASE other")
+
+    # -- delivery events ------------------------------------------------------------------
+
+    def mark_dot(self, issue: str, key: str, attempts: int) -> None:
+        """Durably record, before it is sent, that the final dot is going out."""
+        self.db.execute(
+            "UPDATE deliveries SET status=?, attempts=?, updated_at=? WHERE issue=? AND key=?",
+            (IN_FLIGHT, attempts, now(), issue, key),
+        )
+
+    def record(
+        self,
+        issue: str,
+        key: str,
+        status: str,
+        attempts: int,
+        code: int | None = None,
+        message: str | None = None,
+        *,
+        permanent: bool = False,
+    ) -> None:
+        stamp = now()
+        self.db.execute(
+            "UPDATE deliveries SET status=?, attempts=?, last_code=?, last_message=?, "
+            "permanent=?, updated_at=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END "
+            "WHERE issue=? AND key=?",
+            (status, attempts, code, message, int(permanent), stamp, status, stamp, issue, key),
+        )
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def start_run(self, issue: str, kind: str) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO runs (issue, kind, started_at) VALUES (?, ?, ?)", (issue, kind, now())
+        )
+        return int(cursor.lastrowid or 0)
+
+    def end_run(self, run_id: int, outcome: str, delivered: int) -> None:
+        self.db.execute(
+            "UPDATE runs SET ended_at=?, outcome=?, delivered=? WHERE id=?",
+            (now(), outcome, delivered, run_id),
+        )
+
+    def runs(self, issue: str) -> list[sqlite3.Row]:
+        self.db.row_factory = sqlite3.Row
+        try:
+            return self.db.execute(
+                "SELECT * FROM runs WHERE issue=? ORDER BY id", (issue,)
+            ).fetchall()
+        finally:
+            self.db.row_factory = None
+
+    # -- reading --------------------------------------------------------------------------
+
+    def counts(self, issue: str) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for status, count in self.db.execute(
+            "SELECT status, count(*) FROM deliveries WHERE issue=? GROUP BY status", (issue,)
+        ):
+            counts["in_doubt" if status == IN_FLIGHT else status] += count
+        return counts
+
+    def has_issue(self, issue: str) -> bool:
+        return self.db.execute(
+            "SELECT 1 FROM deliveries WHERE issue=? LIMIT 1", (issue,)
+        ).fetchone() is not None
+
+    def rows(self, issue: str, statuses: Iterable[str] | None = None) -> Iterator[sqlite3.Row]:
+        self.db.row_factory = sqlite3.Row
+        try:
+            sql = "SELECT * FROM deliveries WHERE issue=?"
+            params: list[object] = [issue]
+            if statuses is not None:
+                wanted = list(statuses)
+                sql += f" AND status IN ({','.join('?' * len(wanted))})"
+                params += wanted
+            yield from self.db.execute(sql + " ORDER BY row, key", params)
+        finally:
+            self.db.row_factory = None
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def reset_for_replay(self, issue: str, *, in_doubt: bool, permanent: bool) -> int:
+        """Make the chosen failures pending again; nothing already sent is ever touched."""
+        conditions = ["(status='failed' AND permanent=0)"]
+        if in_doubt:
+            conditions.append(f"status IN ('in_doubt', '{IN_FLIGHT}')")
+        if permanent:
+            conditions.append("(status='failed' AND permanent=1)")
+        cursor = self.db.execute(
+            "UPDATE deliveries SET status='pending', attempts=0, permanent=0, updated_at=? "
+            f"WHERE issue=? AND ({' OR '.join(conditions)}) "
+            "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key "
+            "AND (s.reason != 'bounced' OR NOT ?))",
+            (now(), issue, int(permanent)),
+        )
+        return cursor.rowcount
+
+    # -- suppression list -----------------------------------------------------------------
+
+    def suppress(self, email: str, reason: str, detail: str = "") -> bool:
+        """Add an address; False when it was already there."""
+        cursor = self.db.execute(
+            "INSERT OR IGNORE INTO suppressions (key, email, reason, detail, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (email.lower(), email, reason, detail, now()),
+        )
+        return cursor.rowcount == 1
+
+    def unsuppress(self, email: str) -> bool:
+        cursor = self.db.execute("DELETE FROM suppressions WHERE key=?", (email.lower(),))
+        return cursor.rowcount == 1
+
+    def unsuppress_bounce(self, email: str) -> None:
+        """A replayed address that was refused before and is now accepted leaves the list."""
+        self.db.execute("DELETE FROM suppressions WHERE key=? AND reason='bounced'", (email.lower(),))
+
+    def suppressed(self) -> list[tuple[str, str, str, str]]:
+        return self.db.execute(
+            "SELECT email, reason, coalesce(detail, ''), created_at FROM suppressions ORDER BY created_at"
+        ).fetchall()
+
+    def is_suppressed(self, email: str) -> bool:
+        return self.db.execute(
+            "SELECT 1 FROM suppressions WHERE key=?", (email.lower(),)
+        ).fetchone() is not None
+

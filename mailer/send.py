@@ -1,0 +1,261 @@
+"""The runs a command starts: send, replay, dry run and test send, tying the parts together."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailer.config import Settings
+from mailer.delivery import Delivery, Tally, run_lock
+from mailer.errors import InputError, TryLater
+from mailer.issue import Issue, content_warnings, load_issue
+from mailer.ledger import FILE_NAME, Ledger, PlanCounts
+from mailer.message import MessageFactory
+from mailer.render import RenderedIssue, render_issue
+from mailer.subscribers import Recipient, SkippedRow, check_address, read_subscribers
+from mailer.transport import OutboxTransport, SMTPTransport, Transport, check_smtp_settings
+
+log = logging.getLogger("mailer")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A valid issue, rendered once, with what the editor should be warned of."""
+
+    path: Path
+    issue: Issue
+    rendered: RenderedIssue
+    warnings: list[str]
+
+    @property
+    def key(self) -> str:
+        return self.issue.date.isoformat()
+
+
+def prepare(path: Path, settings: Settings) -> Prepared:
+    issue = load_issue(path)
+    rendered = render_issue(issue, settings)
+    html_bytes = rendered.html.static_size + 200  # plus one recipient's slots, roughly
+    return Prepared(path, issue, rendered, content_warnings(issue, html_bytes))
+
+
+@dataclass
+class Outcome:
+    """How a run ended, from the ledger's point of view."""
+
+    issue: str
+    counts: dict[str, int]
+    tally: Tally
+    plan: PlanCounts | None = None
+    recovered: int = 0
+    replayed: int = 0
+    error: TryLater | None = None
+    state_dir: Path = field(default_factory=Path)
+
+    @property
+    def complete(self) -> bool:
+        c = self.counts
+        return c["failed"] == 0 and c["in_doubt"] == 0 and c["pending"] == 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return self.error.exit_code
+        return 0 if self.complete else 1
+
+
+def transport_factory(settings: Settings, outbox: Path | None) -> Callable[[], Transport]:
+    """Outbox when asked for, else SMTP: checked now, before any connection."""
+    if outbox is not None:
+        return lambda: OutboxTransport(outbox)
+    check_smtp_settings(settings)
+    return lambda: SMTPTransport(settings)
+
+
+def _deliver(
+    ledger: Ledger,
+    prepared: Prepared,
+    factory: MessageFactory,
+    transports: Callable[[], Transport],
+    settings: Settings,
+    outcome: Outcome,
+    stop: threading.Event,
+    *,
+    lift_bounces: bool = False,
+) -> Outcome:
+    delivery = Delivery(
+        ledger, prepared.key, factory, transports, settings,
+        stop=stop, tally=outcome.tally, lift_bounces=lift_bounces,
+    )
+    try:
+        delivery.run()
+    except TryLater as exc:
+        outcome.error = exc
+    outcome.counts = ledger.counts(prepared.key)
+    return outcome
+
+
+def send(
+    prepared: Prepared,
+    settings: Settings,
+    subscribers: Path,
+    *,
+    outbox: Path | None = None,
+    stop: threading.Event | None = None,
+    tally: Tally | None = None,
+) -> Outcome:
+    """Deliver the issue to every active subscriber not yet delivered; resumable at any point."""
+    factory = MessageFactory(prepared.rendered, settings)
+    transports = transport_factory(settings, outbox)
+    rows = read_subscribers(subscribers)
+    state_dir = outbox if outbox is not None else settings.state_dir
+    stop = stop or threading.Event()
+    outcome = Outcome(prepared.key, {}, tally or Tally(), state_dir=state_dir)
+    with run_lock(state_dir):
+        ledger = Ledger.in_dir(state_dir)
+        try:
+            outcome.recovered = ledger.recover(prepared.key)
+            if outcome.recovered:
+                log.warning("%d message(s) were in flight at a crash: now in doubt", outcome.recovered)
+            outcome.plan = ledger.plan(prepared.key, rows)
+            run_id = ledger.start_run(prepared.key, "outbox" if outbox else "send")
+            _deliver(ledger, prepared, factory, transports, settings, outcome, stop)
+            ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
+        finally:
+            ledger.close()
+    return outcome
+
+
+def replay(
+    prepared: Prepared,
+    settings: Settings,
+    *,
+    in_doubt: bool = False,
+    permanent: bool = False,
+    stop: threading.Event | None = None,
+    tally: Tally | None = None,
+) -> Outcome:
+    """Send again to those whose delivery failed; never to anyone already delivered."""
+    factory = MessageFactory(prepared.rendered, settings)
+    transports = transport_factory(settings, None)
+    stop = stop or threading.Event()
+    outcome = Outcome(prepared.key, {}, tally or Tally(), state_dir=settings.state_dir)
+    with run_lock(settings.state_dir):
+        ledger = open_ledger(settings.state_dir, prepared.key)
+        try:
+            outcome.recovered = ledger.recover(prepared.key)
+            outcome.replayed = ledger.reset_for_replay(
+                prepared.key, in_doubt=in_doubt, permanent=permanent
+            )
+            run_id = ledger.start_run(prepared.key, "replay")
+            _deliver(ledger, prepared, factory, transports, settings, outcome, stop,
+                     lift_bounces=permanent)
+            ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
+        finally:
+            ledger.close()
+    return outcome
+
+
+def replay_candidates(
+    settings: Settings, issue: str, *, in_doubt: bool, permanent: bool
+) -> list[tuple[str, str, str]]:
+    """Who `replay` would send to: (address, status, last reply), nothing changed."""
+    ledger = open_ledger(settings.state_dir, issue, read_only=True)
+    try:
+        wanted = ["failed"] + (["in_doubt", "dot"] if in_doubt else [])
+        out = []
+        for row in ledger.rows(issue, wanted):
+            if row["status"] == "failed" and row["permanent"] and not permanent:
+                continue
+            if ledger.is_suppressed(row["email"]) and not (permanent and _bounced(ledger, row["email"])):
+                continue
+            out.append((row["email"], row["status"], row["last_message"] or ""))
+        return out
+    finally:
+        ledger.close()
+
+
+def _bounced(ledger: Ledger, email: str) -> bool:
+    return any(e.lower() == email.lower() and r == "bounced" for e, r, _, _ in ledger.suppressed())
+
+
+def open_ledger(state_dir: Path, issue: str | None = None, *, read_only: bool = False) -> Ledger:
+    """The ledger of a state directory that must already hold this issue."""
+    path = state_dir / FILE_NAME
+    if not path.is_file():
+        raise InputError(f"{path}: no ledger here; nothing has been sent from this state directory")
+    ledger = Ledger(path, read_only=read_only)
+    if issue is not None and not ledger.has_issue(issue):
+        ledger.close()
+        raise InputError(f"{path}: issue {issue} has never been sent from here")
+    return ledger
+
+
+def _outcome_word(outcome: Outcome) -> str:
+    if outcome.error is not None:
+        return type(outcome.error).__name__
+    return "done" if outcome.complete else "failures"
+
+
+@dataclass
+class DryRun:
+    """The plan of a send, made on a scratch copy: who would get it, who is skipped and why."""
+
+    plan: PlanCounts
+    recipients: Iterator[Recipient]
+    skipped: list[tuple[int, str, str, str]]  # row, address, status, reason
+
+
+@contextlib.contextmanager
+def dry_run(
+    prepared: Prepared, settings: Settings, subscribers: Path, *, outbox: Path | None = None
+) -> Iterator[DryRun]:
+    """Connects to nothing and writes no ledger row: the plan is made in a scratch ledger."""
+    rows = read_subscribers(subscribers)
+    real = (outbox if outbox is not None else settings.state_dir) / FILE_NAME
+    with tempfile.TemporaryDirectory(prefix="mailer-dry-run-") as scratch_dir:
+        scratch = Ledger(Path(scratch_dir) / FILE_NAME)
+        try:
+            if real.is_file():
+                scratch.copy_from(real, prepared.key)
+            plan = scratch.plan(prepared.key, rows)
+            skipped = [
+                (r["row"], r["email"], r["status"], r["reason"] or "on the suppression list")
+                for r in scratch.rows(prepared.key, ["skipped", "suppressed"])
+            ]
+            yield DryRun(plan, (r for r, _ in scratch.pending(prepared.key)), skipped)
+        finally:
+            scratch.close()
+
+
+def test_send(
+    prepared: Prepared,
+    settings: Settings,
+    addresses: list[str],
+    *,
+    outbox: Path | None = None,
+    stop: threading.Event | None = None,
+) -> Outcome:
+    """`[TEST] ` to a few addresses through the real path, recorded nowhere as a delivery."""
+    recipients: list[Recipient | SkippedRow] = []
+    for n, raw in enumerate(addresses, start=1):
+        try:
+            recipients.append(Recipient(n, check_address(raw)))
+        except ValueError as exc:
+            raise InputError(f"--to {raw}: {exc}") from None
+    factory = MessageFactory(prepared.rendered, settings, test=True)
+    transports = transport_factory(settings, outbox)
+    stop = stop or threading.Event()
+    with tempfile.TemporaryDirectory(prefix="mailer-test-send-") as scratch_dir:
+        ledger = Ledger(Path(scratch_dir) / FILE_NAME)
+        try:
+            outcome = Outcome(prepared.key, {}, Tally(), state_dir=Path(scratch_dir))
+            outcome.plan = ledger.plan(prepared.key, recipients)
+            return _deliver(ledger, prepared, factory, transports, settings, outcome, stop)
+        finally:
+            ledger.close()

@@ -1,0 +1,67 @@
+"""The pace of a run: an optional rate limit that throttling replies lower and successes restore."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+
+class Pacer:
+    """A shared pace for all connections of a run (messages per second, 0 = as fast as allowed).
+
+    A throttling reply halves the rate (from the configured limit, or from the rate observed
+    just before, when there is none); each success afterwards raises it a little, so the run
+    speeds up again gradually rather than hitting the relay at full speed at once.
+    """
+
+    MIN_RATE = 0.2
+    RECOVERY = 0.02  # fraction of the current rate regained per success
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit or None
+        self.rate = self.limit
+        self._next = 0.0
+        self._lock = threading.Lock()
+        self._recent: deque[float] = deque(maxlen=50)
+        self._unthrottled = 0.0  # the rate observed before the first throttle of an unlimited run
+        self.throttled = 0
+
+    def wait(self, stop: threading.Event | None = None) -> None:
+        with self._lock:
+            if self.rate is None:
+                return
+            now = time.monotonic()
+            at = max(now, self._next)
+            self._next = at + 1.0 / self.rate
+        delay = at - now
+        if delay > 0:
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+
+    def success(self) -> None:
+        with self._lock:
+            self._recent.append(time.monotonic())
+            if self.rate is None:
+                return
+            self.rate *= 1 + self.RECOVERY
+            if self.limit is not None:
+                self.rate = min(self.rate, self.limit)
+            elif self.rate >= self._unthrottled:
+                self.rate = None  # back to what the run did before throttling: no limit again
+
+    def throttle(self) -> None:
+        with self._lock:
+            self.throttled += 1
+            if self.rate is None:
+                self._unthrottled = self._observed()
+            current = self.rate if self.rate is not None else self._unthrottled
+            self.rate = max(self.MIN_RATE, current / 2)
+
+    def _observed(self) -> float:
+        if len(self._recent) < 2:
+            return 10.0
+        span = self._recent[-1] - self._recent[0]
+        return (len(self._recent) - 1) / span if span > 0 else 1000.0

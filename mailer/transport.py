@@ -1,0 +1,225 @@
+"""Delivery behind one small interface: SMTP, or an outbox folder of `.eml` files.
+
+`send()` calls `before_dot` at the last moment before the message becomes irrevocable (the
+final "." over SMTP, the rename in the outbox), so the caller can record it durably first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import smtplib
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from mailer.config import Settings
+from mailer.errors import ConfigError, ConnectFailed, DeliveryError
+
+_THROTTLE_TEXT = re.compile(r"rate|limit|too many|throttl|slow down|try again later", re.I)
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9@._+-]")
+
+
+def classify_reply(code: int, text: str) -> DeliveryError:
+    """The one place deciding what an SMTP reply means: 4xx transient, 5xx permanent."""
+    transient = 400 <= code < 500
+    throttled = code in (421, 454) or (code in (450, 451, 452) and bool(_THROTTLE_TEXT.search(text)))
+    return DeliveryError(f"{code} {text}".strip(), code=code, transient=transient, throttled=throttled)
+
+
+class Transport(Protocol):
+    """What a delivery run needs from a way of delivering."""
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def send(self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None]) -> str:
+        """Deliver one message; return the server's reply, or raise DeliveryError."""
+        ...
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """Verify certificates and host names; the CA file is trusted in addition to the system's."""
+    context = ssl.create_default_context()
+    if settings.smtp_ca_file is not None:
+        context.load_verify_locations(cafile=str(settings.smtp_ca_file))
+    return context
+
+
+def check_smtp_settings(settings: Settings) -> None:
+    """Refuse, before any connection, settings that would leak credentials or cannot work."""
+    settings.require("smtp_host")
+    host = settings.smtp_host or ""
+    if bool(settings.smtp_user) != bool(settings.smtp_password):
+        raise ConfigError("MAILER_SMTP_USER and MAILER_SMTP_PASSWORD: set both or neither")
+    if settings.smtp_user and settings.smtp_security == "none" and not is_loopback(host):
+        raise ConfigError(
+            "MAILER_SMTP_SECURITY: 'none' would send the password unencrypted to "
+            f"{host}; use starttls or ssl"
+        )
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """RFC 5321 4.5.2 transparency, and a CRLF before the final dot."""
+    if message.startswith(b"."):
+        message = b"." + message
+    if b"\n." in message:
+        message = message.replace(b"\n.", b"\n..")
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message
+
+
+class SMTPTransport:
+    """One SMTP connection, reused across messages and reopened when it drops."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.host = settings.smtp_host or ""
+        self.smtp: smtplib.SMTP | None = None
+
+    def open(self) -> None:
+        s = self.settings
+        try:
+            if s.smtp_security == "ssl":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    self.host, s.port, timeout=s.smtp_timeout, context=tls_context(s)
+                )
+            else:
+                smtp = smtplib.SMTP(self.host, s.port, timeout=s.smtp_timeout)
+            try:
+                smtp.ehlo()
+                if s.smtp_security == "starttls":
+                    if not smtp.has_extn("starttls"):
+                        raise ConnectFailed(
+                            f"{self.host}:{s.port} does not offer STARTTLS; refusing to send in "
+                            "plain text (set MAILER_SMTP_SECURITY=none only for a local relay)",
+                            fatal=True,
+                        )
+                    smtp.starttls(context=tls_context(s))
+                    smtp.ehlo()
+                if s.smtp_user and s.smtp_password:
+                    smtp.login(s.smtp_user, s.smtp_password)
+            except BaseException:
+                smtp.close()
+                raise
+        except ConnectFailed:
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectFailed(
+                f"{self.host}:{s.port}: TLS certificate not trusted: {exc.verify_message}", fatal=True
+            ) from None
+        except ssl.SSLError as exc:
+            raise ConnectFailed(f"{self.host}:{s.port}: TLS failed: {exc.reason}", fatal=True) from None
+        except smtplib.SMTPAuthenticationError as exc:
+            raise ConnectFailed(
+                f"{self.host}:{s.port}: authentication refused ({exc.smtp_code})", fatal=True
+            ) from None
+        except smtplib.SMTPResponseException as exc:
+            raise ConnectFailed(
+                f"{self.host}:{s.port}: {exc.smtp_code} {_text(exc.smtp_error)}"
+            ) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise ConnectFailed(f"{self.host}:{s.port}: cannot connect: {exc}") from None
+        self.smtp = smtp
+
+    def close(self) -> None:
+        if self.smtp is not None:
+            try:
+                self.smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                self.smtp.close()
+            self.smtp = None
+
+    def _drop(self) -> None:
+        if self.smtp is not None:
+            self.smtp.close()
+            self.smtp = None
+
+    def _refused(self, code: int, text: bytes) -> DeliveryError:
+        error = classify_reply(code, _text(text))
+        if code == 421 or self.smtp is None:
+            self._drop()  # 421: the server is closing this session
+        else:
+            try:
+                self.smtp.rset()
+            except (OSError, smtplib.SMTPException):
+                self._drop()
+        return error
+
+    def send(self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None]) -> str:
+        if self.smtp is None:
+            self.open()
+        smtp = self.smtp
+        assert smtp is not None
+        try:
+            code, text = smtp.mail(sender)
+            if code != 250:
+                raise self._refused(code, text)
+            code, text = smtp.rcpt(recipient)
+            if code not in (250, 251):
+                raise self._refused(code, text)
+            smtp.putcmd("data")
+            code, text = smtp.getreply()
+            if code != 354:
+                raise self._refused(code, text)
+            smtp.send(dot_stuff(message))
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            raise DeliveryError(f"connection lost before the final dot: {exc}", transient=True) from None
+        before_dot()
+        try:
+            smtp.send(b".\r\n")
+            code, text = smtp.getreply()
+        except (OSError, smtplib.SMTPException) as exc:
+            # RFC 5321 4.5.3.2: the server may have accepted the message; resending risks a
+            # second copy, so the caller records it as in doubt.
+            self._drop()
+            raise DeliveryError(
+                f"no reply after the final dot: {exc}", transient=False, in_doubt=True
+            ) from None
+        if code != 250:
+            raise self._refused(code, text)
+        return f"{code} {_text(text)}"
+
+
+class OutboxTransport:
+    """Writes each message as an `.eml` file: the same run, with nothing leaving the machine."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def open(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        pass
+
+    def send(self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None]) -> str:
+        target = self.folder / f"{_SAFE_NAME.sub('_', recipient)}.eml"
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_bytes(b"Return-Path: <" + sender.encode() + b">\r\n" + message)
+        except OSError as exc:
+            raise DeliveryError(f"cannot write {temporary}: {exc.strerror}", transient=True) from None
+        before_dot()
+        os.replace(temporary, target)
+        return f"250 written to {target.name}"
+
+
+def _text(reply: bytes | str) -> str:
+    if isinstance(reply, bytes):
+        reply = reply.decode("utf-8", "replace")
+    return " ".join(reply.split())

@@ -1,0 +1,156 @@
+"""A real SMTP server for the tests: aiosmtpd in this process, recording every message it
+accepts and injecting the faults a test asks for, per recipient and per attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServerProtocol
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+def free_port() -> int:
+    """A port the OS just gave out (aiosmtpd 1.4 cannot bind port 0 itself)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Faults, named in a recipient's script and consumed one per attempt:
+#   "ok"           accept normally
+#   "451" / "550" / "421" / "452 rate"  reply with that code at the end of DATA
+#   "rcpt:550"     refuse at RCPT TO
+#   "drop-rcpt"    drop the connection at RCPT TO (before the final dot)
+#   "drop-dot"     read the whole message, then drop the connection with no reply
+#   "slow-dot:S"   wait S seconds before replying 250 (a client timeout makes it in doubt)
+REPLIES = {
+    "451": "451 4.3.0 Temporary local problem, try again",
+    "452 rate": "452 4.7.1 Rate limit exceeded, slow down",
+    "421": "421 4.7.0 Too many messages, closing connection",
+    "550": "550 5.1.1 No such user here",
+    "554": "554 5.7.1 Message refused",
+}
+
+
+@dataclass
+class Recorder:
+    """The handler: what the server accepted, and the faults still to inject."""
+
+    scripts: dict[str, list[str]] = field(default_factory=dict)
+    default: Callable[[str, int], str] | None = None  # (recipient, attempt) -> fault
+    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    attempts: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fault(self, recipient: str) -> str:
+        with self.lock:
+            self.attempts[recipient] += 1
+            script = self.scripts.get(recipient)
+            if script:
+                return script.pop(0)
+            if self.default is not None:
+                return self.default(recipient, self.attempts[recipient])
+            return "ok"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        fault = self.fault(address)
+        if fault == "drop-rcpt":
+            server.transport.abort()
+            return "250 OK"
+        if fault.startswith("rcpt:"):
+            return REPLIES[fault.removeprefix("rcpt:")]
+        envelope.rcpt_tos.append(address)
+        session.faults = getattr(session, "faults", {}) | {address: fault}
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        fault = "ok"
+        for rcpt in envelope.rcpt_tos:
+            fault = session.faults.get(rcpt, "ok")
+        if fault == "drop-dot":
+            with self.lock:  # the server did get it, as a real one might have queued it
+                self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            server.transport.abort()
+            return "250 OK"
+        if fault.startswith("slow-dot:"):
+            await asyncio.sleep(float(fault.split(":")[1]))
+            with self.lock:
+                self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            return "250 OK queued late"
+        if fault in REPLIES:
+            return REPLIES[fault]
+        with self.lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 2.0.0 OK queued"
+
+    # -- reading what arrived -------------------------------------------------------------
+
+    def received(self) -> Counter[str]:
+        """Copies received per recipient address."""
+        with self.lock:
+            return Counter(r for _, rcpts, _ in self.messages for r in rcpts)
+
+    def parsed(self) -> list[EmailMessage]:
+        with self.lock:
+            return [message_from_bytes(m, policy=policy.default) for _, _, m in self.messages]  # type: ignore[misc]
+
+
+class _Controller(Controller):
+    def __init__(self, handler: Recorder, port: int, **smtp_kwargs: object) -> None:
+        self._smtp_kwargs = smtp_kwargs
+        super().__init__(handler, hostname="127.0.0.1", port=port, server_hostname="localhost",
+                         ready_timeout=10)
+
+    def factory(self):  # type: ignore[override]
+        return SMTPServerProtocol(self.handler, hostname="localhost", **self._smtp_kwargs)
+
+
+@dataclass
+class SMTPServer:
+    """A running server: `recorder` holds what it got, `port` where it listens."""
+
+    recorder: Recorder
+    port: int
+    controller: _Controller
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+def start_server(
+    *,
+    tls_context: ssl.SSLContext | None = None,
+    require_starttls: bool = False,
+    credentials: tuple[str, str] | None = None,
+    implicit_tls: bool = False,
+) -> SMTPServer:
+    recorder = Recorder()
+    port = free_port()
+    kwargs: dict[str, object] = {}
+    if tls_context is not None and not implicit_tls:
+        kwargs["tls_context"] = tls_context
+        kwargs["require_starttls"] = require_starttls
+    if credentials is not None:
+
+        def authenticate(server, session, envelope, mechanism, auth_data):
+            ok = isinstance(auth_data, LoginPassword) and (
+                auth_data.login.decode(), auth_data.password.decode()
+            ) == credentials
+            return AuthResult(success=ok)
+
+        kwargs["authenticator"] = authenticate
+        kwargs["auth_require_tls"] = tls_context is not None
+    controller = _Controller(recorder, port, **kwargs)
+    if implicit_tls:
+        controller.ssl_context = tls_context
+    controller.start()
+    return SMTPServer(recorder, port, controller)
