@@ -105,10 +105,16 @@ def render_issue(issue: Issue, settings: Settings, templates: Path | None = None
 
 
 def inline_css(html: str) -> str:
-    """premailer with the network off: every style a client needs goes inline."""
+    """premailer with the network off: every style a client needs goes inline.
+
+    premailer would copy a CSS `width`/`height` over the template's own attributes (turning
+    `<img width="552" height="311">` into `width="100%" height="auto"`, and the 600px container
+    into 100%); Outlook reads only the attributes, so the template's must stay.
+    """
     return Premailer(
         html,
         allow_network=False,
+        disable_basic_attributes=["width", "height"],
         disable_validation=True,
         strip_important=False,
         cssutils_logging_level=logging.CRITICAL,
