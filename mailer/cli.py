@@ -27,7 +27,7 @@ from mailer.errors import InputError, IssueInvalid, MailerError
 from mailer.issue import load_issue, resolve_issue_path
 from mailer.ledger import Ledger
 from mailer.message import MessageFactory
-from mailer.progress import Progress, describe, elapsed
+from mailer.progress import Progress, elapsed
 from mailer.send import Outcome, Prepared, dry_run, open_ledger, prepare, replay, replay_candidates, test_send
 from mailer.send import send as send_issue
 from mailer.subscribers import Recipient, check_address, clean_name
@@ -392,14 +392,8 @@ def _with_signals(run: Callable[[threading.Event], Outcome]) -> Outcome:
 
 
 def _summarise(outcome: Outcome, what: str) -> None:
+    """What to do next, if anything, then the summary: the last line of a run's log."""
     c, t = outcome.counts, outcome.tally
-    log.info(
-        "%s of %s ended in %s: this run %d sent, %d failed, %d in doubt; the issue now has "
-        "%d sent, %d failed, %d in doubt, %d pending, %d suppressed, %d skipped",
-        what, outcome.issue, elapsed(t), t.sent, t.failed, t.in_doubt,
-        c.get("sent", 0), c.get("failed", 0), c.get("in_doubt", 0), c.get("pending", 0),
-        c.get("suppressed", 0), c.get("skipped", 0),
-    )
     if outcome.error is not None:
         log.error("%s (exit %d); run the same command again to resume", outcome.error, outcome.exit_code)
     elif not outcome.complete and what != "test send":
@@ -407,8 +401,13 @@ def _summarise(outcome: Outcome, what: str) -> None:
             "not everyone has it: see `mailer report %s`, retry with `mailer replay %s`",
             outcome.issue, outcome.issue,
         )
-    else:
-        log.info("progress at the end: %s", describe(t))
+    log.info(
+        "%s of %s ended in %s at %.1f/s: this run %d sent, %d failed, %d in doubt; the issue now has "
+        "%d sent, %d failed, %d in doubt, %d pending, %d suppressed, %d skipped",
+        what, outcome.issue, elapsed(t), t.rate, t.sent, t.failed, t.in_doubt,
+        c.get("sent", 0), c.get("failed", 0), c.get("in_doubt", 0), c.get("pending", 0),
+        c.get("suppressed", 0), c.get("skipped", 0),
+    )
 
 
 # -- the parser --------------------------------------------------------------------------
