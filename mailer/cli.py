@@ -136,7 +136,9 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
         return _print_dry_run(prepared, settings, subscribers, args.outbox)
     if args.to:
         log.info("test send of %s to %s", prepared.key, ", ".join(args.to))
-        outcome = _with_signals(lambda stop: test_send(prepared, settings, args.to, outbox=args.outbox, stop=stop))
+        outcome = _with_signals(
+            lambda stop: test_send(prepared, settings, args.to, outbox=args.outbox, stop=stop)
+        )
         _summarise(outcome, "test send")
         return outcome.exit_code
     target = f"outbox {args.outbox}" if args.outbox else f"{settings.smtp_host}:{settings.port}"
@@ -146,7 +148,9 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     tally = Tally()
     with Progress(tally):
         outcome = _with_signals(
-            lambda stop: send_issue(prepared, settings, subscribers, outbox=args.outbox, stop=stop, tally=tally)
+            lambda stop: send_issue(
+                prepared, settings, subscribers, outbox=args.outbox, stop=stop, tally=tally
+            )
         )
     _summarise(outcome, "send")
     return outcome.exit_code

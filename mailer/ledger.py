@@ -169,7 +169,8 @@ class Ledger:
                     chunk.append((issue, item.key, item.email, item.name, item.row, "pending",
                                   None, plan_id, stamp))
                 else:
-                    key = item.email.lower() if "@" in item.email and "invalid" not in item.reason else f"#row{item.row}"
+                    keyed = "@" in item.email and "invalid" not in item.reason
+                    key = item.email.lower() if keyed else f"#row{item.row}"
                     chunk.append((issue, key, item.email, "", item.row, "skipped", item.reason,
                                   plan_id, stamp))
                 if len(chunk) >= batch:
