@@ -334,10 +334,16 @@ class Ledger:
     # -- suppression list -----------------------------------------------------------------
 
     def suppress(self, email: str, reason: str, detail: str = "") -> bool:
-        """Add an address; False when it was already there."""
+        """Add an address; False when it was already there.
+
+        An unsubscribe replaces a bounce: `replay --permanent` may retry a bounced address,
+        but never one that asked to leave.
+        """
         cursor = self.db.execute(
-            "INSERT OR IGNORE INTO suppressions (key, email, reason, detail, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO suppressions (key, email, reason, detail, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+            "reason=excluded.reason, detail=excluded.detail, created_at=excluded.created_at "
+            "WHERE suppressions.reason = 'bounced' AND excluded.reason != 'bounced'",
             (email.lower(), email, reason, detail, now()),
         )
         return cursor.rowcount == 1
