@@ -64,3 +64,31 @@ def env(tmp_path: Path, smtp: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> di
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     return values
+
+
+def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """A subscriber list written exactly as given (CRLF line ends, as spreadsheets do)."""
+    path.write_bytes(text.replace("\n", "\r\n").encode(encoding))
+    return path
+
+
+def ledger_rows(state_dir: Path, issue: str) -> dict[str, dict]:
+    """Every ledger row of an issue, by lower-cased address, read straight from SQLite."""
+    import sqlite3
+
+    db = sqlite3.connect(state_dir / "ledger.sqlite3")
+    db.row_factory = sqlite3.Row
+    try:
+        rows = db.execute("SELECT * FROM deliveries WHERE issue=?", (issue,)).fetchall()
+        return {r["key"]: dict(r) for r in rows}
+    finally:
+        db.close()
+
+
+def issue_for_date(issue_file: Path, date: str) -> Path:
+    """A copy of an issue file for another day, named after that day as the rules require."""
+    data = json.loads(issue_file.read_text(encoding="utf-8"))
+    data["date"] = date
+    target = issue_file.with_name(f"{date}.json")
+    target.write_text(json.dumps(data), encoding="utf-8")
+    return target

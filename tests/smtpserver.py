@@ -50,6 +50,17 @@ class Recorder:
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Seconds to wait after accepting each message before replying 250: the message is
+    # recorded as received first, as a real server that queued it and then stalled.
+    delay: float = 0.0
+    # Every session that got as far as RCPT TO, kept alive so that ids stay distinct.
+    sessions: dict[int, object] = field(default_factory=dict)
+
+    @property
+    def connections(self) -> int:
+        """How many SMTP sessions delivered (or tried to deliver) a message."""
+        with self.lock:
+            return len(self.sessions)
 
     def fault(self, recipient: str) -> str:
         with self.lock:
@@ -62,6 +73,8 @@ class Recorder:
             return "ok"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        with self.lock:
+            self.sessions[id(session)] = session
         fault = self.fault(address)
         if fault == "drop-rcpt":
             server.transport.abort()
@@ -90,6 +103,8 @@ class Recorder:
             return REPLIES[fault]
         with self.lock:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return "250 2.0.0 OK queued"
 
     # -- reading what arrived -------------------------------------------------------------
@@ -132,9 +147,11 @@ def start_server(
     require_starttls: bool = False,
     credentials: tuple[str, str] | None = None,
     implicit_tls: bool = False,
+    port: int | None = None,
 ) -> SMTPServer:
+    """Start a server on loopback (on `port`, to restart one where it was, else a free one)."""
     recorder = Recorder()
-    port = free_port()
+    port = port or free_port()
     kwargs: dict[str, object] = {}
     if tls_context is not None and not implicit_tls:
         kwargs["tls_context"] = tls_context
@@ -148,7 +165,9 @@ def start_server(
             return AuthResult(success=ok)
 
         kwargs["authenticator"] = authenticate
-        kwargs["auth_require_tls"] = tls_context is not None
+        # Under implicit TLS the whole session is encrypted, but aiosmtpd only knows about
+        # STARTTLS: requiring TLS there would hide AUTH altogether.
+        kwargs["auth_require_tls"] = tls_context is not None and not implicit_tls
     controller = _Controller(recorder, port, **kwargs)
     if implicit_tls:
         controller.ssl_context = tls_context
