@@ -183,7 +183,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    """Who got the issue, who did not and why: counts, runs, then each failure.
+    """Who got the issue, who did not and why: counts, runs, failures, then skipped and suppressed.
 
     Examples:
       mailer report 2026-11-24
@@ -196,9 +196,11 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         counts = ledger.counts(key)
         runs = [dict(r) for r in ledger.runs(key)]
         problems = [dict(r) for r in ledger.rows(key, ["failed", "in_doubt", "dot"])]
+        suppressed_why = ledger.suppression_reasons(key)
         if args.csv:
-            _report_csv(ledger, key)
+            _report_csv(ledger, key, suppressed_why)
             return EXIT_OK
+        not_sent = [_not_sent(dict(r), suppressed_why) for r in ledger.rows(key, ["skipped", "suppressed"])]
     finally:
         ledger.close()
     first, last = (runs[0], runs[-1]) if runs else ({}, {})
@@ -212,6 +214,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
             "runs": len(runs),
             "rate_per_second": rate,
             "failures": [_failure(r) for r in problems],
+            "not_sent": not_sent,
         }
         _out(json.dumps(body, indent=2))
         return EXIT_OK
@@ -229,10 +232,25 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         _out("Failures:")
         for r in problems:
             f = _failure(r)
-            _out(f"  {f['email']}  {f['status']}  after {f['attempts']} attempt(s): "
-                 f"{f['last_code'] or '-'} {f['last_message'] or ''}")
-        _out("Retry with: mailer replay " + key + (" --in-doubt" if counts["in_doubt"] else ""))
+            reply = f["last_message"] or ""
+            if not reply.startswith(str(f["last_code"])):
+                reply = f"{f['last_code'] or '-'} {reply}"
+            _out(f"  {f['email']}  {f['status']}  after {f['attempts']} attempt(s): {reply}")
+        flags = (" --in-doubt" if counts["in_doubt"] else "") + (
+            " --permanent" if any(r["status"] == "failed" and r["permanent"] for r in problems) else "")
+        _out(f"Retry with: mailer replay {key}{flags}")
+    if not_sent:
+        _out("Not sent:")
+        for n in not_sent:
+            _out(f"  {n['email'] or '(empty)'}  {n['status']}  row {n['row']}: {n['reason']}")
     return EXIT_OK
+
+
+def _not_sent(row: dict[str, Any], suppressed_why: dict[str, str]) -> dict[str, Any]:
+    reason = row["reason"] or ""
+    if row["status"] == "suppressed":
+        reason = "on the suppression list: " + suppressed_why.get(row["key"], "(since lifted)")
+    return {"email": row["email"], "row": row["row"], "status": row["status"], "reason": reason}
 
 
 def _failure(row: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +278,7 @@ def _rate(runs: list[dict[str, Any]]) -> float | None:
     return round(sum(r["delivered"] for r in runs) / seconds, 1)
 
 
-def _report_csv(ledger: Ledger, key: str) -> None:
+def _report_csv(ledger: Ledger, key: str, suppressed_why: dict[str, str]) -> None:
     columns = ["row", "email", "name", "status", "attempts", "last_code", "last_message",
                "reason", "updated_at", "sent_at"]
     writer = csv.writer(sys.stdout)
@@ -269,6 +287,8 @@ def _report_csv(ledger: Ledger, key: str) -> None:
         values = dict(row)
         if values["status"] == "dot":
             values["status"] = "in_doubt"
+        elif values["status"] == "suppressed":
+            values["reason"] = _not_sent(values, suppressed_why)["reason"]
         writer.writerow([values[c] if values[c] is not None else "" for c in columns])
 
 

@@ -361,6 +361,15 @@ class Ledger:
             "SELECT email, reason, coalesce(detail, ''), created_at FROM suppressions ORDER BY created_at"
         ).fetchall()
 
+    def suppression_reasons(self, issue: str) -> dict[str, str]:
+        """Why each address counted `suppressed` in this issue is on the list, if still there."""
+        return dict(self.db.execute(
+            "SELECT d.key, s.reason || coalesce(' (' || nullif(s.detail, '') || ')', '') "
+            "FROM deliveries d JOIN suppressions s ON s.key = d.key "
+            "WHERE d.issue=? AND d.status='suppressed'",
+            (issue,),
+        ).fetchall())
+
     def is_suppressed(self, email: str) -> bool:
         return self.db.execute(
             "SELECT 1 FROM suppressions WHERE key=?", (email.lower(),)
