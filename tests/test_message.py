@@ -1,0 +1,196 @@
+"""The message one recipient gets: its parts, its headers, its unsubscribe token."""
+
+from __future__ import annotations
+
+import json
+import re
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+
+import pytest
+
+from mailer.config import load_settings
+from mailer.errors import InputError
+from mailer.message import MessageFactory
+from mailer.send import prepare
+from mailer.subscribers import Recipient
+from mailer.tokens import make_token, read_token
+
+SECRET = "test-secret"
+BASE = {
+    "MAILER_FROM": "The Top Ten <news@example.org>",
+    "MAILER_SECRET": SECRET,
+    "MAILER_UNSUBSCRIBE_URL": "https://example.org/unsubscribe?t={token}",
+}
+ANN = Recipient(2, "ann@example.org", "Ann Example")
+
+
+@pytest.fixture
+def factory(issue_file, tmp_path, monkeypatch):
+    """A factory for the example issue, under the settings given (on top of BASE)."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+    def make(test: bool = False, **extra: str) -> MessageFactory:
+        settings = load_settings(environ=BASE | extra)
+        return MessageFactory(prepare(issue_file, settings).rendered, settings, test=test)
+
+    return make
+
+
+def parse(raw: bytes) -> EmailMessage:
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    assert not msg.defects, msg.defects
+    return msg
+
+
+def unsubscribe_links(msg: EmailMessage) -> list[str]:
+    return re.findall(r"<([^>]+)>", str(msg["List-Unsubscribe"]))
+
+
+def test_one_recipient_alone_in_to(factory):
+    msg = parse(factory().build(ANN))
+    [to] = msg["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Ann Example", "ann@example.org")
+    for header in ("Cc", "Bcc", "Resent-To"):
+        assert msg[header] is None
+    assert len(msg.get_all("To")) == 1
+
+
+def test_no_name_means_a_bare_address(factory):
+    msg = parse(factory().build(Recipient(2, "bob@example.org")))
+    [to] = msg["To"].addresses
+    assert to.display_name == ""
+    assert to.addr_spec == "bob@example.org"
+
+
+def test_multipart_alternative_with_text_and_inlined_html(factory):
+    msg = parse(factory().build(ANN))
+    assert msg.get_content_type() == "multipart/alternative"
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    text, html = (p.get_content() for p in parts)
+    # CSS inlined by premailer: the template's classes became style attributes.
+    assert html.count('style="') > 20
+    assert re.search(r'<h2[^>]*style="[^"]+"', html)
+    # The plain part is text of its own, not HTML.
+    assert "<p" not in text and "<a " not in text
+    assert "Good morning, Ann Example." in text
+    assert "Good morning, Ann Example." in html
+    # Absolute URLs only.
+    for url in re.findall(r'(?:href|src)="([^"]*)"', html):
+        assert url.startswith(("https://", "mailto:")), url
+
+
+def test_the_name_is_escaped_in_the_html(factory):
+    msg = parse(factory().build(Recipient(2, "x@example.org", "<b>Bold</b> & Co")))
+    html = msg.get_body(("html",)).get_content()
+    assert "&lt;b&gt;Bold&lt;/b&gt; &amp; Co" in html
+    assert "<b>Bold</b>" not in html
+
+
+def test_headers(factory, issue_file):
+
+
+    subject = json.loads(issue_file.read_text(encoding="utf-8"))["subject"]
+    f = factory()
+    raw = f.build(ANN)
+    msg = parse(raw)
+    assert msg["From"].addresses[0].addr_spec == "news@example.org"
+    assert msg["From"].addresses[0].display_name == "The Top Ten"
+    assert msg["Subject"] == subject
+    assert parsedate_to_datetime(msg["Date"]).tzinfo is not None
+    assert re.fullmatch(r"<[^<>@\s]+@example\.org>", msg["Message-ID"])
+    assert "news.example.org" in msg["List-Id"]
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Reply-To"] is None
+    assert msg["MIME-Version"] == "1.0"
+    # Each header once, and the raw head is plain ASCII with CRLF line ends.
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    head.decode("ascii")
+    assert b"\n" not in head.replace(b"\r\n", b"")
+    for name in ("From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe"):
+        assert len(msg.get_all(name)) == 1, name
+
+
+def test_non_ascii_name_is_rfc_2047_encoded(factory):
+    raw = factory().build(Recipient(2, "zoe@example.org", "Zoë Ünal"))
+    to_line = next(line for line in raw.split(b"\r\n") if line.startswith(b"To:"))
+    assert b"=?utf-8?" in to_line.lower()
+    to_line.decode("ascii")
+    [to] = parse(raw)["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Zoë Ünal", "zoe@example.org")
+
+
+def test_message_id_is_stable_per_issue_and_recipient(factory):
+    f = factory()
+    first = parse(f.build(ANN))["Message-ID"]
+    assert parse(factory().build(ANN))["Message-ID"] == first  # another run, same issue
+    assert parse(f.build(Recipient(9, "ANN@example.org", "Ann")))["Message-ID"] == first
+    assert parse(f.build(Recipient(3, "bob@example.org")))["Message-ID"] != first
+
+
+def test_a_test_send_has_its_own_subject_and_message_id(factory):
+    real = parse(factory().build(ANN))
+    test = parse(factory(test=True).build(ANN))
+    assert test["Subject"] == "[TEST] " + real["Subject"]
+    assert test["Message-ID"] != real["Message-ID"]
+
+
+def test_list_unsubscribe_carries_a_genuine_token(factory):
+    msg = parse(factory().build(ANN))
+    [link] = unsubscribe_links(msg)
+    assert link.startswith("https://example.org/unsubscribe?t=")
+    token = link.removeprefix("https://example.org/unsubscribe?t=")
+    assert "&" not in token and "/" not in token
+    assert read_token(SECRET, token) == "ann@example.org"
+    # The same link in the footer of both parts.
+    for part in msg.iter_parts():
+        assert link in part.get_content()
+
+
+def test_a_changed_or_forged_token_is_refused():
+    token = make_token(SECRET, "ann@example.org")
+    address, mac = token.split(".")
+    tampered = address + "." + ("A" if mac[0] != "A" else "B") + mac[1:]
+    with pytest.raises(InputError):
+        read_token(SECRET, tampered)
+    other = make_token(SECRET, "bob@example.org").split(".")[0]
+    with pytest.raises(InputError):
+        read_token(SECRET, other + "." + mac)  # bob's address with ann's MAC
+    with pytest.raises(InputError):
+        read_token("another-secret", token)
+    with pytest.raises(InputError):
+        read_token(SECRET, "not a token at all")
+
+
+def test_mailto_unsubscribe_when_set(factory):
+    msg = parse(factory(MAILER_UNSUBSCRIBE_MAILTO="unsubscribe@example.org").build(ANN))
+    https, mailto = unsubscribe_links(msg)
+    assert https.startswith("https://example.org/unsubscribe?t=")
+    assert mailto.startswith("mailto:unsubscribe@example.org")
+    token = https.rsplit("=", 1)[1]
+    assert token in mailto
+
+
+def test_reply_to_when_set(factory):
+    msg = parse(factory(MAILER_REPLY_TO="Editors <editors@example.org>").build(ANN))
+    assert msg["Reply-To"].addresses[0].addr_spec == "editors@example.org"
+
+
+def test_list_id_setting_wins(factory):
+    msg = parse(factory(MAILER_LIST_ID="Top Ten <topten.example.org>").build(ANN))
+    assert msg["List-Id"] == "Top Ten <topten.example.org>"
+
+
+def test_long_and_non_ascii_subject_survives_folding(factory, issue_file):
+
+
+    data = json.loads(issue_file.read_text(encoding="utf-8"))
+    data["subject"] = ("Dix histoires pour mardi — " + "é" * 40 + " and a long tail of words " * 3)[:150]
+    issue_file.write_text(json.dumps(data), encoding="utf-8")
+    raw = factory().build(ANN)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+    assert parse(raw)["Subject"] == data["subject"]
