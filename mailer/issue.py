@@ -191,6 +191,7 @@ _FRIENDLY = {
     "list_type": "must be a list",
     "model_type": "must be an object",
     "model_attributes_type": "must be an object",
+    "date_from_datetime_parsing": "must be a real date, YYYY-MM-DD",
     "too_short": None,
     "too_long": None,
 }
