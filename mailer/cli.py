@@ -32,6 +32,7 @@ from mailer.send import Outcome, Prepared, dry_run, open_ledger, prepare, replay
 from mailer.send import send as send_issue
 from mailer.subscribers import Recipient, check_address, clean_name
 from mailer.tokens import read_token
+from mailer.transport import check_smtp_settings
 
 log = logging.getLogger("mailer")
 
@@ -141,6 +142,8 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
         )
         _summarise(outcome, "test send")
         return outcome.exit_code
+    if args.outbox is None:
+        check_smtp_settings(settings)  # before the first log line, so a missing host is one line
     target = f"outbox {args.outbox}" if args.outbox else f"{settings.smtp_host}:{settings.port}"
     log.info("sending %s (%s) from %s to %s", prepared.key, prepared.issue.subject, subscribers, target)
     for warning in prepared.warnings:

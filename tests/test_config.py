@@ -286,8 +286,8 @@ def test_a_bad_setting_does_not_echo_the_secrets(ready, capsys, monkeypatch):
 def test_send_without_a_host_is_exit_2_naming_it(ready, smtp, connections, capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("MAILER_SMTP_HOST")
     assert main(["send", str(ready)]) == 2
-    err = capsys.readouterr().err
-    assert "MAILER_SMTP_HOST" in err
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "MAILER_SMTP_HOST" in lines[0]
     assert connections == [] and smtp.recorder.messages == []
 
 
