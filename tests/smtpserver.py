@@ -55,6 +55,8 @@ class Recorder:
     delay: float = 0.0
     # Every session that got as far as RCPT TO, kept alive so that ids stay distinct.
     sessions: dict[int, object] = field(default_factory=dict)
+    # Connections accepted at all, even those that never got to a message.
+    opened: int = 0
 
     @property
     def connections(self) -> int:
@@ -126,6 +128,8 @@ class _Controller(Controller):
                          ready_timeout=10)
 
     def factory(self):  # type: ignore[override]
+        with self.handler.lock:
+            self.handler.opened += 1
         return SMTPServerProtocol(self.handler, hostname="localhost", **self._smtp_kwargs)
 
 
@@ -172,4 +176,5 @@ def start_server(
     if implicit_tls:
         controller.ssl_context = tls_context
     controller.start()
+    recorder.opened = 0  # start() made one connection of its own to see the server answer
     return SMTPServer(recorder, port, controller)
