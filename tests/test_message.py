@@ -91,8 +91,6 @@ def test_the_name_is_escaped_in_the_html(factory):
 
 
 def test_headers(factory, issue_file):
-
-
     subject = json.loads(issue_file.read_text(encoding="utf-8"))["subject"]
     f = factory()
     raw = f.build(ANN)
@@ -185,8 +183,6 @@ def test_list_id_setting_wins(factory):
 
 
 def test_long_and_non_ascii_subject_survives_folding(factory, issue_file):
-
-
     data = json.loads(issue_file.read_text(encoding="utf-8"))
     data["subject"] = ("Dix histoires pour mardi — " + "é" * 40 + " and a long tail of words " * 3)[:150]
     issue_file.write_text(json.dumps(data), encoding="utf-8")
