@@ -70,6 +70,18 @@ def _uri(path: Path) -> str:
     return path.resolve().as_uri()
 
 
+def _header_version(path: Path) -> int:
+    """The user_version in a SQLite file's header (offset 60), read without opening it as one."""
+    try:
+        with path.open("rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return 0
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return 0
+    return int.from_bytes(header[60:64], "big")
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -89,17 +101,31 @@ class Ledger:
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
+        # Refuse a newer ledger before SQLite opens it: even setting the journal mode, or a
+        # reader's -wal and -shm files, would change what a newer mailer left there.
+        self._refuse_newer(_header_version(path))
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
         uri = _uri(path) + ("?mode=ro" if read_only else "")
         self.db = sqlite3.connect(
             uri, uri=True, isolation_level=None, timeout=60, check_same_thread=False
         )
-        if not read_only:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=60000")
-        self._migrate(read_only)
+        try:
+            self.db.execute("PRAGMA busy_timeout=60000")
+            version = self._version()
+            self._refuse_newer(version)  # a version still in the WAL, not yet in the header
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            if version < SCHEMA_VERSION:
+                if read_only:
+                    # Migrate rather than misread an older ledger (or fail on a fresh file).
+                    Ledger(path).close()
+                else:
+                    self._migrate()
+        except BaseException:
+            self.db.close()
+            raise
 
     @classmethod
     def in_dir(cls, state_dir: Path) -> Ledger:
@@ -112,23 +138,32 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
-    def _migrate(self, read_only: bool) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+    def _version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _refuse_newer(self, version: int) -> None:
         if version > SCHEMA_VERSION:
             raise LedgerError(
                 f"{self.path}: ledger schema version {version} is newer than this mailer "
                 f"understands ({SCHEMA_VERSION}); upgrade the mailer, nothing was changed"
             )
-        if version == SCHEMA_VERSION or read_only:
-            return
+
+    def _migrate(self) -> None:
+        """Every step in one transaction: a failed migration leaves the ledger as it was."""
         self.db.execute("BEGIN IMMEDIATE")
+        step = version = self._version()  # again, now that no one else can be migrating
         try:
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
             for step in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[step]:
                     self.db.execute(statement)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.db.execute("ROLLBACK")
+            raise LedgerError(
+                f"{self.path}: migrating the ledger from version {step} to {step + 1} failed "
+                f"({exc}); nothing was changed"
+            ) from exc
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
