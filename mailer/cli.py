@@ -94,7 +94,11 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     missing = {k: v for k, v in PREVIEW_DEFAULTS.items() if getattr(settings, k) is None}
     settings = settings.model_copy(update=missing)
     prepared = prepare(_issue_path(args, settings), settings)
-    recipient = Recipient(0, check_address(args.as_), clean_name(args.name))
+    try:
+        address = check_address(args.as_)
+    except ValueError as exc:
+        raise InputError(f"--as {args.as_}: {exc}") from None
+    recipient = Recipient(0, address, clean_name(args.name))
     raw = MessageFactory(prepared.rendered, settings).build(recipient)
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     out: Path = args.out
