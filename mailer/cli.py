@@ -432,6 +432,12 @@ def _summarise(outcome: Outcome, what: str) -> None:
             "not everyone has it: see `mailer report %s`, retry with `mailer replay %s`",
             outcome.issue, outcome.issue,
         )
+    if what == "test send":  # its counts are of a scratch ledger, not of the issue
+        log.info(
+            "test send of %s ended in %s: %d sent, %d failed, %d in doubt; not recorded as a delivery",
+            outcome.issue, elapsed(t), t.sent, t.failed, t.in_doubt,
+        )
+        return
     log.info(
         "%s of %s ended in %s at %.1f/s: this run %d sent, %d failed, %d in doubt; the issue now has "
         "%d sent, %d failed, %d in doubt, %d pending, %d suppressed, %d skipped",
