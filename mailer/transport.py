@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import smtplib
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +101,9 @@ class SMTPTransport:
             else:
                 smtp = smtplib.SMTP(self.host, s.port, timeout=s.smtp_timeout)
             try:
+                # The final dot goes out in a write of its own (after the ledger records it);
+                # with Nagle's algorithm it would wait for the delayed ACK of the body, 40 ms.
+                smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 smtp.ehlo()
                 if s.smtp_security == "starttls":
                     if not smtp.has_extn("starttls"):
