@@ -313,7 +313,10 @@ def cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
         address = read_token(settings.secret or "", args.token)
         how = "token"
     else:
-        address = check_address(args.address) if "@" in args.address else args.address
+        try:
+            address = check_address(args.address)
+        except ValueError as exc:  # a typo must not look like a done unsubscribe
+            raise InputError(f"{args.address}: {exc}; nothing was changed") from None
         how = "command line"
     ledger = Ledger.in_dir(settings.state_dir)
     try:
