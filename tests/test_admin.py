@@ -243,6 +243,17 @@ def test_replay_dry_run_lists_and_sends_nothing(scenario, smtp, capsys, flags, e
     assert report_json(capsys, "2026-11-24") == before
 
 
+def test_replay_exit_0_when_every_failure_is_recovered(env, smtp, issue_file, tmp_path, capsys):
+    write_subscribers(tmp_path / "subscribers.csv", 3)
+    smtp.recorder.scripts = {"reader1@example.org": ["421"] * 3}
+    assert run(capsys, "send", str(issue_file))[0] == 1
+    assert report_json(capsys, "2026-11-24")["failed"] == 1
+    assert run(capsys, "replay", "2026-11-24")[0] == 0
+    assert smtp.recorder.received() == {f"reader{n}@example.org": 1 for n in range(3)}
+    assert counts_of(report_json(capsys, "2026-11-24")) == COUNTS | {
+        "sent": 3, "failed": 0, "in_doubt": 0, "suppressed": 0, "skipped": 0}
+
+
 def test_replay_when_the_lock_is_held(scenario, smtp, env, capsys):
     with run_lock(Path(env["MAILER_STATE_DIR"])):
         code, _, err = run(capsys, "replay", str(scenario), "--in-doubt", "--permanent")
@@ -323,6 +334,14 @@ def test_unsubscribe_by_address_and_by_token_from_a_received_message(
     assert run(capsys, "send", str(second))[0] == 0
     assert smtp.recorder.received() - before == {"reader0@example.org": 1, "reader3@example.org": 1}
     assert report_json(capsys, "2026-11-25")["suppressed"] == 2
+
+
+@pytest.mark.parametrize("bad", ["a@b@c", "ann.example.org"])
+def test_unsubscribe_of_something_not_an_address_changes_nothing(env, capsys, bad):
+    code, out, err = run(capsys, "unsubscribe", bad)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1 and "nothing was changed" in err
+    assert run(capsys, "suppressed")[1] == "0 suppressed address(es)\n"
 
 
 def test_a_forged_or_tampered_token_changes_nothing(env, smtp, issue_file, tmp_path, capsys):
