@@ -57,12 +57,20 @@ class Recorder:
     sessions: dict[int, object] = field(default_factory=dict)
     # Connections accepted at all, even those that never got to a message.
     opened: int = 0
+    # The user names of every AUTH attempt, successful or not.
+    logins: list[str] = field(default_factory=list)
 
     @property
     def connections(self) -> int:
         """How many SMTP sessions delivered (or tried to deliver) a message."""
         with self.lock:
             return len(self.sessions)
+
+    @property
+    def encrypted(self) -> list[bool]:
+        """For each of those sessions, whether it ran over TLS."""
+        with self.lock:
+            return [bool(getattr(s, "encrypted", False)) for s in self.sessions.values()]
 
     def fault(self, recipient: str) -> str:
         with self.lock:
@@ -77,6 +85,7 @@ class Recorder:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         with self.lock:
             self.sessions[id(session)] = session
+        session.encrypted = server.transport.get_extra_info("ssl_object") is not None
         fault = self.fault(address)
         if fault == "drop-rcpt":
             server.transport.abort()
@@ -163,10 +172,15 @@ def start_server(
     if credentials is not None:
 
         def authenticate(server, session, envelope, mechanism, auth_data):
+            if isinstance(auth_data, LoginPassword):
+                with recorder.lock:
+                    recorder.logins.append(auth_data.login.decode())
             ok = isinstance(auth_data, LoginPassword) and (
                 auth_data.login.decode(), auth_data.password.decode()
             ) == credentials
-            return AuthResult(success=ok)
+            # handled=False: aiosmtpd then replies 535 itself; with the default (True) a
+            # refused login got no reply at all and the client hung until its timeout.
+            return AuthResult(success=ok, handled=False)
 
         kwargs["authenticator"] = authenticate
         # Under implicit TLS the whole session is encrypted, but aiosmtpd only knows about
