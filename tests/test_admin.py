@@ -254,6 +254,15 @@ def test_replay_exit_0_when_every_failure_is_recovered(env, smtp, issue_file, tm
         "sent": 3, "failed": 0, "in_doubt": 0, "suppressed": 0, "skipped": 0}
 
 
+def test_replay_of_an_issue_never_sent(scenario, smtp, issue_data, tmp_path, capsys):
+    other = write_issue(issue_data, tmp_path / "issues", "2026-11-25")
+    for flags in ([], ["--dry-run"], ["--in-doubt", "--permanent"]):
+        code, out, err = run(capsys, "replay", str(other), *flags)
+        assert (code, out) == (2, "")
+        assert "issue 2026-11-25 has never been sent" in err
+    assert sum(smtp.recorder.received().values()) == 3
+
+
 def test_replay_when_the_lock_is_held(scenario, smtp, env, capsys):
     with run_lock(Path(env["MAILER_STATE_DIR"])):
         code, _, err = run(capsys, "replay", str(scenario), "--in-doubt", "--permanent")
