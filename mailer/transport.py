@@ -14,6 +14,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from smtplib import quoteaddr
 from typing import Protocol
 
 from mailer.config import Settings
@@ -163,22 +164,43 @@ class SMTPTransport:
                 self._drop()
         return error
 
+    def _envelope(self, smtp: smtplib.SMTP, sender: str, recipient: str) -> None:
+        """MAIL, RCPT and DATA up to the 354; in one round trip when the server pipelines."""
+        if not smtp.has_extn("pipelining"):
+            for command, accepted in ((f"mail FROM:{quoteaddr(sender)}", (250,)),
+                                      (f"rcpt TO:{quoteaddr(recipient)}", (250, 251)),
+                                      ("data", (354,))):
+                smtp.putcmd(command)
+                code, text = smtp.getreply()
+                if code not in accepted:
+                    raise self._refused(code, text)
+            return
+        # RFC 2920: DATA ends the group; every reply is read before acting on any of them.
+        smtp.send(f"MAIL FROM:{quoteaddr(sender)}\r\nRCPT TO:{quoteaddr(recipient)}\r\nDATA\r\n")
+        replies = []
+        for _ in range(3):
+            code, text = smtp.getreply()
+            if code == 421:  # the server is closing: there are no more replies to read
+                raise self._refused(code, text)
+            replies.append((code, text))
+        (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
+        if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
+            smtp.send(b".\r\n")  # a server that said 354 anyway gets an empty message ended
+            smtp.getreply()
+        if mail_code != 250:
+            raise self._refused(mail_code, mail_text)
+        if rcpt_code not in (250, 251):
+            raise self._refused(rcpt_code, rcpt_text)
+        if data_code != 354:
+            raise self._refused(data_code, data_text)
+
     def send(self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None]) -> str:
         if self.smtp is None:
             self.open()
         smtp = self.smtp
         assert smtp is not None
         try:
-            code, text = smtp.mail(sender)
-            if code != 250:
-                raise self._refused(code, text)
-            code, text = smtp.rcpt(recipient)
-            if code not in (250, 251):
-                raise self._refused(code, text)
-            smtp.putcmd("data")
-            code, text = smtp.getreply()
-            if code != 354:
-                raise self._refused(code, text)
+            self._envelope(smtp, sender, recipient)
             smtp.send(dot_stuff(message))
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()

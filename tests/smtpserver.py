@@ -82,6 +82,16 @@ class Recorder:
                 return self.default(recipient, self.attempts[recipient])
             return "ok"
 
+    pipelining: bool = True
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        """Offer PIPELINING (RFC 2920) unless a test turns it off; aiosmtpd reads commands in
+        order from the stream, so a pipelined client works against it."""
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         with self.lock:
             self.sessions[id(session)] = session
