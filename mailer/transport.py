@@ -104,7 +104,7 @@ class SMTPTransport:
             try:
                 # The final dot goes out in a write of its own (after the ledger records it);
                 # with Nagle's algorithm it would wait for the delayed ACK of the body, 40 ms.
-                smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
                 smtp.ehlo()
                 if s.smtp_security == "starttls":
                     if not smtp.has_extn("starttls"):
