@@ -98,6 +98,8 @@ def test_a_server_without_starttls_is_refused_not_used_in_plain_text(
     err = capsys.readouterr().err
     assert "STARTTLS" in err
     assert server.recorder.messages == [] and server.recorder.connections == 0
+    # Refused as a setup problem, at once: not retried on connection after connection.
+    assert server.recorder.opened <= int(env["MAILER_SMTP_CONNECTIONS"])
     assert server.recorder.logins == []  # the password never went out in the clear
     everyone_pending(env)
 
