@@ -58,6 +58,25 @@ class _Job:
     attempts: int = field(compare=False, default=0)
 
 
+class _Line:
+    """One connection's view of the ledger: its last success is recorded with its next dot."""
+
+    def __init__(self, ledger: Ledger, issue: str) -> None:
+        self.ledger = ledger
+        self.issue = issue
+        self.sent: tuple[str, int, str] | None = None
+
+    def dot(self, key: str, attempts: int) -> None:
+        self.ledger.mark_dot(self.issue, key, attempts, sent=self.sent)
+        self.sent = None
+
+    def settle(self) -> None:
+        if self.sent is not None:
+            key, attempts, reply = self.sent
+            self.ledger.record(self.issue, key, "sent", attempts, 250, reply)
+            self.sent = None
+
+
 @dataclass
 class Tally:
     """What this run did, as it goes; read by the progress display."""
@@ -131,7 +150,8 @@ class Delivery:
     def _stopping(self) -> bool:
         return self.stop.is_set() or self._abort is not None
 
-    def _take(self) -> _Job | None:
+    def _take(self, idle: Callable[[], None]) -> _Job | None:
+        """The next job due; `idle` runs (outside the lock) before waiting for one."""
         with self._cond:
             while True:
                 if self._stopping():
@@ -145,6 +165,13 @@ class Delivery:
                     self._cond.notify_all()
                     return None
                 else:
+                    self._cond.release()
+                    try:
+                        idle()
+                    finally:
+                        self._cond.acquire()
+                    if self._queue or (self._retries and self._retries[0].due <= time.monotonic()):
+                        continue
                     wait = self._retries[0].due - now if self._retries else 1.0
                     self._cond.wait(min(wait, 1.0))
                     continue
@@ -180,16 +207,17 @@ class Delivery:
 
     def _work(self) -> None:
         transport = self.transports()
-        ledger = self.ledger.reopen()
+        line = _Line(self.ledger, self.issue)
         connect_failures = 0
         try:
-            while (job := self._take()) is not None:
+            while (job := self._take(line.settle)) is not None:
                 retry = None
                 try:
                     self.pacer.wait(self.stop)
-                    retry = self._attempt(job, transport, ledger)
+                    retry = self._attempt(job, transport, line)
                     connect_failures = 0
                 except ConnectFailed as exc:
+                    line.settle()
                     connect_failures += 1
                     retry = job  # never tried: not an attempt, and it stays pending
                     job.due = 0.0
@@ -204,27 +232,25 @@ class Delivery:
                 finally:
                     self._finish(retry)
         finally:
+            line.settle()
             transport.close()
-            ledger.close()
 
-    def _attempt(self, job: _Job, transport: Transport, ledger: Ledger) -> _Job | None:
+    def _attempt(self, job: _Job, transport: Transport, line: _Line) -> _Job | None:
         """One try at one message; returns the job when it is to be tried again later."""
         recipient = job.recipient
-        key = recipient.key
         message = self.factory.build(recipient)
         attempts = job.attempts + 1
-
-        def before_dot() -> None:
-            ledger.mark_dot(self.issue, key, attempts)
-
         try:
-            reply = transport.send(self.sender, recipient.email, message, before_dot)
+            reply = transport.send(
+                self.sender, recipient.email, message, lambda: line.dot(recipient.key, attempts)
+            )
         except DeliveryError as exc:
+            line.settle()
             job.attempts = attempts
-            return self._failed(job, exc, ledger)
-        ledger.record(self.issue, key, "sent", attempts, 250, reply)
+            return self._failed(job, exc, self.ledger)
+        line.sent = (recipient.key, attempts, reply)
         if self.lift_bounces:
-            ledger.unsuppress_bounce(recipient.email)
+            self.ledger.unsuppress_bounce(recipient.email)
         self.pacer.success()
         with self._cond:
             self.tally.sent += 1

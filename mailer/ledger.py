@@ -8,6 +8,7 @@ guarantee the final-dot record needs; surviving a power cut per message is not r
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -96,11 +97,31 @@ class PlanCounts:
     done_before: int = 0
 
 
+_MARK_DOT = "UPDATE deliveries SET status=?, attempts=?, updated_at=? WHERE issue=? AND key=?"
+_RECORD = (
+    "UPDATE deliveries SET status=?, attempts=?, last_code=?, last_message=?, permanent=?, "
+    "updated_at=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END WHERE issue=? AND key=?"
+)
+
+
+def _record_args(
+    issue: str, key: str, status: str, attempts: int, code: int | None, message: str | None,
+    permanent: bool,
+) -> tuple[object, ...]:
+    stamp = now()
+    return (status, attempts, code, message, int(permanent), stamp, status, stamp, issue, key)
+
+
 class Ledger:
-    """One connection to the ledger; each thread that writes opens its own."""
+    """One connection to the ledger, shared by the threads of a run.
+
+    A single connection whose writes are serialised by a lock: several connections would
+    contend for SQLite's write lock, whose busy handler sleeps for milliseconds at a time.
+    """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
+        self.lock = threading.Lock()
         # Refuse a newer ledger before SQLite opens it: even setting the journal mode, or a
         # reader's -wal and -shm files, would change what a newer mailer left there.
         self._refuse_newer(_header_version(path))
@@ -130,10 +151,6 @@ class Ledger:
     @classmethod
     def in_dir(cls, state_dir: Path) -> Ledger:
         return cls(state_dir / FILE_NAME)
-
-    def reopen(self) -> Ledger:
-        """Another connection to the same file, for another thread."""
-        return Ledger(self.path)
 
     def close(self) -> None:
         self.db.close()
@@ -247,11 +264,12 @@ class Ledger:
         """Pending recipients in list order, with the attempts made so far, read in batches."""
         last: tuple[int, str] = (-1, "")
         while True:
-            rows = self.db.execute(
-                "SELECT row, key, email, name, attempts FROM deliveries WHERE issue=? AND "
-                "status='pending' AND (row, key) > (?, ?) ORDER BY row, key LIMIT ?",
-                (issue, *last, batch),
-            ).fetchall()
+            with self.lock:
+                rows = self.db.execute(
+                    "SELECT row, key, email, name, attempts FROM deliveries WHERE issue=? AND "
+                    "status='pending' AND (row, key) > (?, ?) ORDER BY row, key LIMIT ?",
+                    (issue, *last, batch),
+                ).fetchall()
             if not rows:
                 return
             for row, _key, email, name, attempts in rows:
@@ -271,12 +289,28 @@ class Ledger:
 
     # -- delivery events ------------------------------------------------------------------
 
-    def mark_dot(self, issue: str, key: str, attempts: int) -> None:
-        """Durably record, before it is sent, that the final dot is going out."""
-        self.db.execute(
-            "UPDATE deliveries SET status=?, attempts=?, updated_at=? WHERE issue=? AND key=?",
-            (IN_FLIGHT, attempts, now(), issue, key),
-        )
+    def mark_dot(
+        self, issue: str, key: str, attempts: int, sent: tuple[str, int, str] | None = None
+    ) -> None:
+        """Durably record, before it is sent, that the final dot is going out.
+
+        `sent` is the same connection's previous message, (key, attempts, reply), when its
+        success is not recorded yet: both go in one commit, so a run costs one commit per
+        message and a connection never has more than one message in flight in the ledger.
+        """
+        dot = (IN_FLIGHT, attempts, now(), issue, key)
+        with self.lock:
+            if sent is None:
+                self.db.execute(_MARK_DOT, dot)
+                return
+            self.db.execute("BEGIN")
+            try:
+                self.db.execute(_RECORD, _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False))
+                self.db.execute(_MARK_DOT, dot)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
 
     def record(
         self,
@@ -289,13 +323,8 @@ class Ledger:
         *,
         permanent: bool = False,
     ) -> None:
-        stamp = now()
-        self.db.execute(
-            "UPDATE deliveries SET status=?, attempts=?, last_code=?, last_message=?, "
-            "permanent=?, updated_at=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END "
-            "WHERE issue=? AND key=?",
-            (status, attempts, code, message, int(permanent), stamp, status, stamp, issue, key),
-        )
+        with self.lock:
+            self.db.execute(_RECORD, _record_args(issue, key, status, attempts, code, message, permanent))
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -374,13 +403,14 @@ class Ledger:
         An unsubscribe replaces a bounce: `replay --permanent` may retry a bounced address,
         but never one that asked to leave.
         """
-        cursor = self.db.execute(
-            "INSERT INTO suppressions (key, email, reason, detail, created_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-            "reason=excluded.reason, detail=excluded.detail, created_at=excluded.created_at "
-            "WHERE suppressions.reason = 'bounced' AND excluded.reason != 'bounced'",
-            (email.lower(), email, reason, detail, now()),
-        )
+        with self.lock:
+            cursor = self.db.execute(
+                "INSERT INTO suppressions (key, email, reason, detail, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "reason=excluded.reason, detail=excluded.detail, created_at=excluded.created_at "
+                "WHERE suppressions.reason = 'bounced' AND excluded.reason != 'bounced'",
+                (email.lower(), email, reason, detail, now()),
+            )
         return cursor.rowcount == 1
 
     def unsuppress(self, email: str) -> bool:
@@ -389,7 +419,8 @@ class Ledger:
 
     def unsuppress_bounce(self, email: str) -> None:
         """A replayed address that was refused before and is now accepted leaves the list."""
-        self.db.execute("DELETE FROM suppressions WHERE key=? AND reason='bounced'", (email.lower(),))
+        with self.lock:
+            self.db.execute("DELETE FROM suppressions WHERE key=? AND reason='bounced'", (email.lower(),))
 
     def suppressed(self) -> list[tuple[str, str, str, str]]:
         return self.db.execute(

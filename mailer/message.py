@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.header import Header
@@ -21,6 +22,7 @@ from mailer.config import Settings
 from mailer.render import Personalisable, RenderedIssue, greeting
 from mailer.subscribers import Recipient
 from mailer.tokens import make_token
+from mailer.transport import Transparent
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
@@ -58,15 +60,27 @@ class _EncodedBody:
             parts.append(qp(part) if i % 2 == 0 else part)
         return cls(tuple(parts), body.escape_values)
 
-    def fill(self, values: Mapping[str, str]) -> bytes:
-        out: list[bytes] = []
+    @property
+    def transparent(self) -> bool:
+        """No static part has a line starting with "." (each part starts a line)."""
+        return all(_transparent(p) for p in self.parts if isinstance(p, bytes))
+
+    def fill(self, values: Mapping[str, str], out: list[bytes]) -> bool:
+        """Append the encoded parts to `out`; False if a value put a "." at a line start."""
+        clean = True
         for part in self.parts:
             if isinstance(part, bytes):
                 out.append(part)
             else:
                 value = values[part]
-                out.append(qp(str(escape(value)) if self.escape_values else value))
-        return b"".join(out)
+                encoded = qp(str(escape(value)) if self.escape_values else value)
+                clean = clean and _transparent(encoded)
+                out.append(encoded)
+        return clean
+
+
+def _transparent(encoded: bytes) -> bool:
+    return not encoded.startswith(b".") and b"\n." not in encoded
 
 
 class MessageFactory:
@@ -101,6 +115,8 @@ class MessageFactory:
         self._text_open = b"--" + b + CRLF + _part_headers("text/plain")
         self._html_open = CRLF + b"--" + b + CRLF + _part_headers("text/html")
         self._close = CRLF + b"--" + b + b"--" + CRLF
+        self._transparent = self._html.transparent and self._text.transparent
+        self._date = (0, b"")
 
     def message_id(self, email: str) -> str:
         """The same for the same issue and recipient, so that a resend can be recognised."""
@@ -118,23 +134,28 @@ class MessageFactory:
         targets = f"<{unsubscribe}>"
         if self.settings.unsubscribe_mailto:
             targets += f", <mailto:{self.settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>"
-        head = [
+        out = [
             address_header("To", recipient.name, email),
-            f"Date: {formatdate(localtime=True)}\r\n".encode(),
+            self._date_header(),
             f"Message-ID: {self.message_id(email)}\r\n".encode(),
             f"List-Unsubscribe: {targets}\r\n".encode(),
+            self._head,
+            self._text_open,
         ]
-        return b"".join(
-            [
-                *head,
-                self._head,
-                self._text_open,
-                self._text.fill(values),
-                self._html_open,
-                self._html.fill(values),
-                self._close,
-            ]
-        )
+        clean = self._text.fill(values, out)
+        out.append(self._html_open)
+        clean = self._html.fill(values, out) and clean
+        out.append(self._close)
+        message = b"".join(out)
+        # Headers never start a line with "." (folded lines start with white space).
+        return Transparent(message) if clean and self._transparent else message
+
+    def _date_header(self) -> bytes:
+        """`Date:`, formatted at most once a second."""
+        second = int(time.time())
+        if self._date[0] != second:
+            self._date = (second, f"Date: {formatdate(second, localtime=True)}\r\n".encode())
+        return self._date[1]
 
 
 def _part_headers(content_type: str) -> bytes:
