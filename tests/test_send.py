@@ -175,6 +175,29 @@ def test_no_reply_to_the_final_dot_within_the_timeout_is_in_doubt(
     assert all(got[reader(n)] == 1 for n in (0, 2, 3))
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-command-at-a-time"])
+def test_every_fault_with_and_without_pipelining(env, smtp, issue_file, subscribers, state, pipelining):
+    subscribers(8)
+    smtp.recorder.pipelining = pipelining
+    smtp.recorder.scripts = {
+        reader(1): ["451", "ok"],
+        reader(2): ["550"],
+        reader(3): ["rcpt:550"],
+        reader(4): ["drop-rcpt", "ok"],
+        reader(5): ["drop-dot"],
+        reader(6): ["421", "ok"],
+    }
+    assert main(["send", str(issue_file)]) == 1
+    got = smtp.recorder.received()
+    assert got == {reader(n): 1 for n in (0, 1, 4, 5, 6, 7)}
+    assert statuses(state) == {
+        reader(0): "sent", reader(1): "sent", reader(2): "failed", reader(3): "failed",
+        reader(4): "sent", reader(5): "in_doubt", reader(6): "sent", reader(7): "sent",
+    }
+    assert main(["send", str(issue_file)]) == 1  # a re-run changes nothing
+    assert smtp.recorder.received() == got
+
+
 # -- outages --------------------------------------------------------------------------------
 
 
