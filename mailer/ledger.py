@@ -63,6 +63,12 @@ MIGRATIONS: list[list[str]] = [
             delivered INTEGER NOT NULL DEFAULT 0
         )""",
     ],
+    # 2: the work list is read in list order by (issue, status, row, key); without an index
+    # on all four, each batch sorted every pending row again.
+    [
+        "DROP INDEX deliveries_status",
+        "CREATE INDEX deliveries_queue ON deliveries (issue, status, row, key)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -191,7 +197,9 @@ class Ledger:
         """Record every row of the list for this issue, in one transaction.
 
         Rows already in the ledger keep their state, except that a still-pending row is
-        skipped if the list now says so. Duplicates (case-insensitive) collapse into one row.
+        skipped if the list now says so. Duplicates (case-insensitive) collapse into one row,
+        and a duplicate saying skip (unsubscribed, bounced...) wins over one saying send,
+        whichever comes first.
         """
         counts = PlanCounts()
         stamp = now()
@@ -206,10 +214,8 @@ class Ledger:
             ON CONFLICT (issue, key) DO UPDATE SET
                 plan = excluded.plan,
                 status = CASE WHEN deliveries.status = 'pending' AND excluded.status != 'pending'
-                              AND deliveries.plan != excluded.plan
                          THEN excluded.status ELSE deliveries.status END,
                 reason = CASE WHEN deliveries.status = 'pending' AND excluded.status != 'pending'
-                              AND deliveries.plan != excluded.plan
                          THEN excluded.reason ELSE deliveries.reason END
         """
         self.db.execute("BEGIN IMMEDIATE")
