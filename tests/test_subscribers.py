@@ -114,6 +114,22 @@ def test_duplicates_are_sent_once_whatever_their_case(env, smtp, issue_file, tmp
     assert sum(got.values()) == 2
 
 
+def test_a_duplicate_marked_unsubscribed_wins_whatever_the_row_order(env, smtp, issue_file, tmp_path):
+    # The same person twice, once unsubscribed: respecting the unsubscribe must not depend on
+    # which of the two rows comes first.
+    write_csv(
+        tmp_path / "subscribers.csv",
+        "email,status\n"
+        "ann@example.org,unsubscribed\nAnn@example.org,active\n"
+        "bob@example.org,active\nBOB@example.org,unsubscribed\n"
+        "cat@example.org,active\n",
+    )
+    assert main(["send", str(issue_file)]) == 0
+    assert smtp.recorder.received() == {"cat@example.org": 1}
+    rows = ledger_rows(Path(env["MAILER_STATE_DIR"]), ISSUE)
+    assert rows["ann@example.org"]["status"] == rows["bob@example.org"]["status"] == "skipped"
+
+
 # -- a list that cannot be read: exit 2, nothing sent ------------------------------------
 
 
