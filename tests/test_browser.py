@@ -32,7 +32,9 @@ TIMEOUT = 60
 
 MEASURE = """
 <script>
-(function () {
+/* On load, so the pictures have arrived (or failed) before they are measured; the host page's
+   own load, after which Chromium dumps the DOM, waits for this frame's. */
+window.addEventListener("load", function () {
   var root = document.documentElement;
   var widest = 0, culprit = "";
   document.querySelectorAll("body *").forEach(function (el) {
@@ -62,7 +64,7 @@ MEASURE = """
     }),
     smallestText: Math.min.apply(null, fonts)
   });
-})();
+});
 </script>
 """
 
