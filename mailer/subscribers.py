@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from email_validator import EmailNotValidError, validate_email
 from mailer.errors import SubscribersError
 
 ACTIVE = {"", "active", "subscribed"}
+# RFC 5322 dot-atom in ASCII: what email-validator accepts as a local part without further ado.
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
@@ -38,12 +41,37 @@ class SkippedRow:
     reason: str
 
 
-def check_address(raw: str) -> str:
-    """The address as it goes into `To:` and `RCPT TO`; raises ValueError with the reason."""
+def _validate(raw: str) -> str:
     try:
-        return validate_email(raw, check_deliverability=False, allow_smtputf8=False).normalized
+        return validate_email(raw, check_deliverability=False, allow_smtputf8=False).ascii_email or ""
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _domain_verdict(domain: str) -> tuple[str, str]:
+    """email-validator's verdict on a domain, as (normalized domain, "") or ("", reason)."""
+    try:
+        return _validate(f"postmaster@{domain}").rpartition("@")[2], ""
+    except ValueError as exc:
+        return "", str(exc)
+
+
+def check_address(raw: str) -> str:
+    """The address as it goes into `To:` and `RCPT TO` (ASCII: IDN domains in punycode);
+    raises ValueError with the reason.
+
+    email-validator decides. Its verdict on the domain, the costly half, is kept per domain
+    (a list has few), and a plain dot-atom local part is accepted as it would accept it; any
+    other local part goes through it whole.
+    """
+    local, at, domain = raw.rpartition("@")
+    if not (at and _PLAIN_LOCAL.match(local) and len(local) <= 64 and len(raw) <= 254):
+        return _validate(raw)
+    normalized, reason = _domain_verdict(domain)
+    if reason:
+        raise ValueError(reason)
+    return f"{local}@{normalized}"
 
 
 def clean_name(raw: str) -> str:

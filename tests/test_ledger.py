@@ -182,3 +182,31 @@ def test_a_newer_ledger_is_refused_and_left_unchanged(
         s for s in siblings if s != "send.lock"
     ]
     assert sum(smtp.recorder.received().values()) == received
+
+
+def test_a_version_1_ledger_gains_the_work_list_index(tmp_path: Path) -> None:
+    """Migration 2 on a ledger written at version 1: rows kept, the queue index in place."""
+    path = tmp_path / "ledger.sqlite3"
+    db = sqlite3.connect(path)
+    for statement in ledger_module.MIGRATIONS[0]:
+        db.execute(statement)
+    db.execute(
+        "INSERT INTO deliveries (issue, key, email, status, created_at, updated_at, row) "
+        "VALUES ('2026-11-24', 'a@example.org', 'a@example.org', 'sent', 'x', 'x', 2)"
+    )
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    try:
+        assert ledger.counts("2026-11-24")["sent"] == 1
+        indexes = {r[0] for r in ledger.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "deliveries_queue" in indexes and "deliveries_status" not in indexes
+        plan = ledger.db.execute(
+            "EXPLAIN QUERY PLAN SELECT row FROM deliveries WHERE issue=? AND status='pending' "
+            "AND (row, key) > (?, ?) ORDER BY row, key LIMIT 10", ("2026-11-24", -1, "")
+        ).fetchall()
+        assert "deliveries_queue" in str(plan) and "TEMP B-TREE" not in str(plan)
+    finally:
+        ledger.close()
+    assert user_version(path) == SCHEMA_VERSION
