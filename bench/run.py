@@ -65,8 +65,10 @@ def sink() -> Iterator[tuple[int, str]]:
         process.wait(10)
 
 
-def run_measured(command: list[str], env: dict[str, str], stdout: int | None = None) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS in MB, and exit code of one child process."""
+def run_measured(
+    command: list[str], env: dict[str, str], stdout: int | None = None
+) -> tuple[float, float, int, float]:
+    """Wall seconds, peak RSS in MB, exit code and CPU seconds of one child process."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.PIPE)
     assert process.stderr is not None
@@ -76,7 +78,7 @@ def run_measured(command: list[str], env: dict[str, str], stdout: int | None = N
     elapsed = time.perf_counter() - started
     if process.returncode not in (0,):
         sys.stderr.write(err.decode(errors="replace")[-2000:])
-    return elapsed, usage.ru_maxrss / 1024, process.returncode
+    return elapsed, usage.ru_maxrss / 1024, process.returncode, usage.ru_utime + usage.ru_stime
 
 
 def write_subscribers(path: Path, count: int) -> None:
@@ -163,10 +165,11 @@ def main() -> int:
                 state = tmp / f"state-{connections}"
                 env = base_env(state, port, connections)
                 command = [sys.executable, "-m", "mailer", "send", str(ISSUE), "--subscribers", str(csv_path)]
-                elapsed, peak, code = run_measured(command, env)
+                elapsed, peak, code, cpu = run_measured(command, env)
                 mailer_rate = args.count / elapsed
                 line = (f"mailer send, {connections} connection(s): {mailer_rate:,.0f} messages/s "
-                        f"({elapsed:.1f} s, peak {peak:.0f} MB, exit {code})")
+                        f"({elapsed:.1f} s, {cpu / args.count * 1e6:.0f} us CPU per message, "
+                        f"peak {peak:.0f} MB, exit {code})")
                 source_rate = smtp_source(port, args.count, connections, size)
                 if source_rate:
                     line += f"; smtp-source: {source_rate:,.0f} messages/s; ratio {mailer_rate / source_rate:.2f}"
@@ -176,7 +179,7 @@ def main() -> int:
             write_subscribers(big, args.dry_run_rows)
             env = base_env(tmp / "state-dry", 1, 1)
             command = [sys.executable, "-m", "mailer", "send", str(ISSUE), "--subscribers", str(big), "--dry-run"]
-            elapsed, peak, code = run_measured(command, env, stdout=subprocess.DEVNULL)
+            elapsed, peak, code, _ = run_measured(command, env, stdout=subprocess.DEVNULL)
             print(f"dry run of {args.dry_run_rows:,} rows: {elapsed:.1f} s, peak {peak:.0f} MB, exit {code}")
     return 0
 
