@@ -28,13 +28,43 @@ CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
 
 
+MAX_LINE = 76  # RFC 2045 6.7: encoded lines are at most 76 characters
+
+
 def qp(text: str) -> bytes:
-    """Quoted-printable with CRLF line ends, ending in a line break (soft if need be)."""
+    """Quoted-printable with CRLF line ends, ending in a line break (soft if need be), and no
+    line starting with "." (written "=2E"), so that SMTP has nothing to dot-stuff."""
     encoded = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
     encoded = encoded.replace(b"\n", CRLF)
     if encoded and not encoded.endswith(CRLF):
         encoded += SOFT_BREAK
-    return encoded
+    # binascii leaves the odd line at 77 characters (an escaped trailing space, or the soft
+    # break added above), and knows nothing of SMTP's dots: both are mended here, once per
+    # issue for the static parts.
+    return CRLF.join(_mend(line) for line in encoded.split(CRLF))
+
+
+def _mend(line: bytes) -> bytes:
+    """One encoded line with a leading "." escaped, re-wrapped if it is too long."""
+    if line.startswith(b"."):
+        line = b"=2E" + line[1:]
+    if len(line) <= MAX_LINE:
+        return line
+    soft = line.endswith(b"=")
+    rest = line[:-1] if soft else line
+    pieces = []
+    while len(rest) > MAX_LINE - 1:
+        cut = MAX_LINE - 1
+        if rest[cut - 1 : cut] == b"=":  # never split an =XX escape
+            cut -= 1
+        elif rest[cut - 2 : cut - 1] == b"=":
+            cut -= 2
+        pieces.append(rest[:cut] + b"=")
+        rest = rest[cut:]
+        if rest.startswith(b"."):
+            rest = b"=2E" + rest[1:]
+    pieces.append(rest + (b"=" if soft else b""))
+    return CRLF.join(pieces)
 
 
 def encode_header(name: str, value: str) -> bytes:
@@ -60,27 +90,14 @@ class _EncodedBody:
             parts.append(qp(part) if i % 2 == 0 else part)
         return cls(tuple(parts), body.escape_values)
 
-    @property
-    def transparent(self) -> bool:
-        """No static part has a line starting with "." (each part starts a line)."""
-        return all(_transparent(p) for p in self.parts if isinstance(p, bytes))
-
-    def fill(self, values: Mapping[str, str], out: list[bytes]) -> bool:
-        """Append the encoded parts to `out`; False if a value put a "." at a line start."""
-        clean = True
+    def fill(self, values: Mapping[str, str], out: list[bytes]) -> None:
+        """Append the encoded parts, with this recipient's values, to `out`."""
         for part in self.parts:
             if isinstance(part, bytes):
                 out.append(part)
             else:
                 value = values[part]
-                encoded = qp(str(escape(value)) if self.escape_values else value)
-                clean = clean and _transparent(encoded)
-                out.append(encoded)
-        return clean
-
-
-def _transparent(encoded: bytes) -> bool:
-    return not encoded.startswith(b".") and b"\n." not in encoded
+                out.append(qp(str(escape(value)) if self.escape_values else value))
 
 
 class MessageFactory:
@@ -115,12 +132,12 @@ class MessageFactory:
         self._text_open = b"--" + b + CRLF + _part_headers("text/plain")
         self._html_open = CRLF + b"--" + b + CRLF + _part_headers("text/html")
         self._close = CRLF + b"--" + b + b"--" + CRLF
-        self._transparent = self._html.transparent and self._text.transparent
+        self._list_id = settings.list_id_header
         self._date = (0, b"")
 
     def message_id(self, email: str) -> str:
         """The same for the same issue and recipient, so that a resend can be recognised."""
-        seed = f"{self.settings.list_id_header}|{self.issue.date}|{email.lower()}".encode()
+        seed = f"{self._list_id}|{self.issue.date}|{email.lower()}".encode()
         digest = hashlib.sha256(seed).hexdigest()[:32]
         if self.test:
             digest = f"test.{secrets.token_hex(8)}"
@@ -142,13 +159,13 @@ class MessageFactory:
             self._head,
             self._text_open,
         ]
-        clean = self._text.fill(values, out)
+        self._text.fill(values, out)
         out.append(self._html_open)
-        clean = self._html.fill(values, out) and clean
+        self._html.fill(values, out)
         out.append(self._close)
-        message = b"".join(out)
-        # Headers never start a line with "." (folded lines start with white space).
-        return Transparent(message) if clean and self._transparent else message
+        # Every part is encoded by qp() and no header line starts with "." (folded ones start
+        # with white space): SMTP has nothing to dot-stuff.
+        return Transparent(b"".join(out))
 
     def _date_header(self) -> bytes:
         """`Date:`, formatted at most once a second."""

@@ -21,8 +21,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _mac(secret: str, email: str) -> bytes:
-    key = secret.encode()
-    return hmac.new(key, email.lower().encode(), hashlib.sha256).digest()[:_MAC_BYTES]
+    return hmac.digest(secret.encode(), email.lower().encode(), hashlib.sha256)[:_MAC_BYTES]
 
 
 def make_token(secret: str, email: str) -> str:
