@@ -89,8 +89,17 @@ def _header_version(path: Path) -> int:
     return int.from_bytes(header[60:64], "big")
 
 
+_second: tuple[int, str] = (0, "")
+
+
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """UTC, ISO 8601 to the millisecond; the date and time part formatted once a second."""
+    global _second
+    stamp = time.time()
+    second = int(stamp)
+    if _second[0] != second:
+        _second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{int((stamp - second) * 1000):03d}+00:00"
 
 
 @dataclass

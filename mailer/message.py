@@ -90,14 +90,19 @@ class _EncodedBody:
             parts.append(qp(part) if i % 2 == 0 else part)
         return cls(tuple(parts), body.escape_values)
 
-    def fill(self, values: Mapping[str, str], out: list[bytes]) -> None:
-        """Append the encoded parts, with this recipient's values, to `out`."""
+    def fill(self, values: Mapping[str, str], out: list[bytes], done: dict[tuple[str, bool], bytes]) -> None:
+        """Append the encoded parts, with this recipient's values, to `out`; `done` keeps the
+        values already encoded, as a slot may appear several times in both parts."""
         for part in self.parts:
             if isinstance(part, bytes):
                 out.append(part)
-            else:
+                continue
+            encoded = done.get((part, self.escape_values))
+            if encoded is None:
                 value = values[part]
-                out.append(qp(str(escape(value)) if self.escape_values else value))
+                encoded = qp(str(escape(value)) if self.escape_values else value)
+                done[(part, self.escape_values)] = encoded
+            out.append(encoded)
 
 
 class MessageFactory:
@@ -159,9 +164,10 @@ class MessageFactory:
             self._head,
             self._text_open,
         ]
-        self._text.fill(values, out)
+        done: dict[tuple[str, bool], bytes] = {}
+        self._text.fill(values, out, done)
         out.append(self._html_open)
-        self._html.fill(values, out)
+        self._html.fill(values, out, done)
         out.append(self._close)
         # Every part is encoded by qp() and no header line starts with "." (folded ones start
         # with white space): SMTP has nothing to dot-stuff.

@@ -14,7 +14,6 @@ import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from smtplib import quoteaddr
 from typing import Protocol
 
 from mailer.config import Settings
@@ -175,10 +174,14 @@ class SMTPTransport:
         return error
 
     def _envelope(self, smtp: smtplib.SMTP, sender: str, recipient: str) -> None:
-        """MAIL, RCPT and DATA up to the 354; in one round trip when the server pipelines."""
+        """MAIL, RCPT and DATA up to the 354; in one round trip when the server pipelines.
+
+        Both addresses were checked before (no space, angle bracket or line break can be in
+        them), so they go out as they are rather than through smtplib's address parser.
+        """
         if not smtp.has_extn("pipelining"):
-            for command, accepted in ((f"mail FROM:{quoteaddr(sender)}", (250,)),
-                                      (f"rcpt TO:{quoteaddr(recipient)}", (250, 251)),
+            for command, accepted in ((f"mail FROM:<{sender}>", (250,)),
+                                      (f"rcpt TO:<{recipient}>", (250, 251)),
                                       ("data", (354,))):
                 smtp.putcmd(command)
                 code, text = smtp.getreply()
@@ -186,7 +189,7 @@ class SMTPTransport:
                     raise self._refused(code, text)
             return
         # RFC 2920: DATA ends the group; every reply is read before acting on any of them.
-        smtp.send(f"MAIL FROM:{quoteaddr(sender)}\r\nRCPT TO:{quoteaddr(recipient)}\r\nDATA\r\n")
+        smtp.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
         replies = []
         for _ in range(3):
             code, text = smtp.getreply()
