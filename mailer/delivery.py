@@ -27,6 +27,10 @@ log = logging.getLogger("mailer")
 
 LOCK_NAME = "send.lock"
 MAX_BACKOFF = 300.0
+# Failures in a row with no delivery between them say more about the relay than about the
+# addresses: the run stops there (exit 75) and those recipients go back to pending, so an
+# outage or a relay refusing everything never burns through the list marking it failed.
+OUTAGE_STREAK = 10
 
 
 @contextlib.contextmanager
@@ -129,7 +133,8 @@ class Delivery:
         self._seq = itertools.count()
         self._fed = False
         self._busy = 0
-        self._abort: ConnectFailed | None = None
+        self._abort: str | None = None
+        self._streak: list[tuple[_Job, DeliveryError]] = []  # failures since the last delivery
 
     # -- the work list --------------------------------------------------------------------
 
@@ -224,7 +229,7 @@ class Delivery:
                     if exc.fatal or connect_failures >= self.settings.max_attempts:
                         log.error("cannot reach the SMTP server: %s", exc)
                         with self._cond:
-                            self._abort = self._abort or exc
+                            self._abort = self._abort or str(exc)
                     else:
                         wait = backoff(connect_failures, self.settings.retry_base_seconds)
                         log.warning("cannot reach the SMTP server (%s); again in %.1fs", exc, wait)
@@ -249,6 +254,8 @@ class Delivery:
             job.attempts = attempts
             return self._failed(job, exc, self.ledger)
         line.sent = (recipient.key, attempts, reply)
+        with self._cond:
+            self._streak.clear()
         if self.lift_bounces:
             self.ledger.unsuppress_bounce(recipient.email)
         self.pacer.success()
@@ -265,6 +272,8 @@ class Delivery:
             log.warning("%s: in doubt (%s); not resent, see `mailer replay --in-doubt`", email, exc)
             with self._cond:
                 self.tally.in_doubt += 1
+            return None
+        if self._outage(job, exc, ledger):
             return None
         if exc.transient and attempts < self.settings.max_attempts:
             ledger.record(self.issue, key, "pending", attempts, exc.code, exc.message)
@@ -286,3 +295,31 @@ class Delivery:
         with self._cond:
             self.tally.failed += 1
         return None
+
+    def _outage(self, job: _Job, exc: DeliveryError, ledger: Ledger) -> bool:
+        """Count a failure in the streak; at OUTAGE_STREAK, stop the run and put the whole
+        streak back to pending (lifting the suppressions it added)."""
+        with self._cond:
+            if self._abort is not None:
+                streak = [(job, exc)]  # in flight as the run stopped: pending, like the streak
+            else:
+                self._streak.append((job, exc))
+                if len(self._streak) < OUTAGE_STREAK:
+                    return False
+                streak, self._streak = self._streak, []
+                self._abort = (
+                    f"{len(streak)} messages in a row refused, none delivered between them "
+                    f"(last: {exc.message}); the relay looks down or is refusing everything"
+                )
+                log.error("%s: stopping the run", self._abort)
+        for earlier, error in streak:
+            r = earlier.recipient
+            ledger.record(self.issue, r.key, "pending", earlier.attempts, error.code, error.message)
+            if not error.transient:
+                ledger.unsuppress_bounce(r.email)
+        with self._cond:
+            self.tally.failed -= sum(  # those already counted as failed, this one not yet
+                1 for earlier, error in streak[:-1]
+                if not error.transient or earlier.attempts >= self.settings.max_attempts
+            )
+        return True
