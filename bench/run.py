@@ -45,7 +45,9 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 def sink() -> Iterator[tuple[int, str]]:
     """An SMTP sink on loopback: Postfix's smtp-sink when installed, else aiosmtpd."""
     port = free_port()
-    smtp_sink = shutil.which("smtp-sink") or ("/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None)
+    smtp_sink = shutil.which("smtp-sink") or (
+        "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
+    )
     if smtp_sink:
         command = [smtp_sink]
         if os.geteuid() == 0:
@@ -53,8 +55,16 @@ def sink() -> Iterator[tuple[int, str]]:
         command += [f"127.0.0.1:{port}", "256"]
         name = "smtp-sink"
     else:
-        command = [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}",
-                   "-c", "aiosmtpd.handlers.Sink"]
+        command = [
+            sys.executable,
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            f"127.0.0.1:{port}",
+            "-c",
+            "aiosmtpd.handlers.Sink",
+        ]
         name = "aiosmtpd"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -90,17 +100,19 @@ def write_subscribers(path: Path, count: int) -> None:
 
 def base_env(state: Path, port: int, connections: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    env.update({
-        "MAILER_SMTP_HOST": "127.0.0.1",
-        "MAILER_SMTP_PORT": str(port),
-        "MAILER_SMTP_SECURITY": "none",
-        "MAILER_SMTP_CONNECTIONS": str(connections),
-        "MAILER_FROM": f"The Top Ten <{SENDER}>",
-        "MAILER_SECRET": "bench-secret",
-        "MAILER_UNSUBSCRIBE_URL": "https://example.org/unsubscribe/{token}",
-        "MAILER_DONATE_URL": "https://example.org/donate",
-        "MAILER_STATE_DIR": str(state),
-    })
+    env.update(
+        {
+            "MAILER_SMTP_HOST": "127.0.0.1",
+            "MAILER_SMTP_PORT": str(port),
+            "MAILER_SMTP_SECURITY": "none",
+            "MAILER_SMTP_CONNECTIONS": str(connections),
+            "MAILER_FROM": f"The Top Ten <{SENDER}>",
+            "MAILER_SECRET": "bench-secret",
+            "MAILER_UNSUBSCRIBE_URL": "https://example.org/unsubscribe/{token}",
+            "MAILER_DONATE_URL": "https://example.org/donate",
+            "MAILER_STATE_DIR": str(state),
+        }
+    )
     return env
 
 
@@ -113,10 +125,13 @@ def in_process_figures(count: int) -> tuple[float, float, int]:
     from mailer.render import render_issue
     from mailer.subscribers import Recipient
 
-    settings = Settings.model_validate({
-        "from": f"The Top Ten <{SENDER}>", "secret": "s",
-        "unsubscribe_url": "https://example.org/unsubscribe/{token}",
-    })
+    settings = Settings.model_validate(
+        {
+            "from": f"The Top Ten <{SENDER}>",
+            "secret": "s",
+            "unsubscribe_url": "https://example.org/unsubscribe/{token}",
+        }
+    )
     issue = load_issue(ISSUE)
     runs = 5
     started = time.perf_counter()
@@ -134,20 +149,39 @@ def in_process_figures(count: int) -> tuple[float, float, int]:
 
 
 def smtp_source(port: int, count: int, connections: int, size: int) -> float | None:
-    tool = shutil.which("smtp-source") or ("/usr/sbin/smtp-source" if Path("/usr/sbin/smtp-source").exists() else None)
+    tool = shutil.which("smtp-source") or (
+        "/usr/sbin/smtp-source" if Path("/usr/sbin/smtp-source").exists() else None
+    )
     if not tool:
         return None
-    command = [tool, "-d", "-s", str(connections), "-m", str(count), "-l", str(size),
-               "-f", SENDER, "-t", "reader@example.org", f"127.0.0.1:{port}"]
+    command = [
+        tool,
+        "-d",
+        "-s",
+        str(connections),
+        "-m",
+        str(count),
+        "-l",
+        str(size),
+        "-f",
+        SENDER,
+        "-t",
+        "reader@example.org",
+        f"127.0.0.1:{port}",
+    ]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return count / (time.perf_counter() - started)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=20000, help="subscribers per send run")
-    parser.add_argument("--dry-run-rows", type=int, default=1_000_000, help="rows for the dry-run figure (0: skip)")
+    parser.add_argument(
+        "--dry-run-rows", type=int, default=1_000_000, help="rows for the dry-run figure (0: skip)"
+    )
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args()
 
@@ -167,18 +201,31 @@ def main() -> int:
                 command = [sys.executable, "-m", "mailer", "send", str(ISSUE), "--subscribers", str(csv_path)]
                 elapsed, peak, code, cpu = run_measured(command, env)
                 mailer_rate = args.count / elapsed
-                line = (f"mailer send, {connections} connection(s): {mailer_rate:,.0f} messages/s "
-                        f"({elapsed:.1f} s, {cpu / args.count * 1e6:.0f} us CPU per message, "
-                        f"peak {peak:.0f} MB, exit {code})")
+                line = (
+                    f"mailer send, {connections} connection(s): {mailer_rate:,.0f} messages/s "
+                    f"({elapsed:.1f} s, {cpu / args.count * 1e6:.0f} us CPU per message, "
+                    f"peak {peak:.0f} MB, exit {code})"
+                )
                 source_rate = smtp_source(port, args.count, connections, size)
                 if source_rate:
-                    line += f"; smtp-source: {source_rate:,.0f} messages/s; ratio {mailer_rate / source_rate:.2f}"
+                    line += (
+                        f"; smtp-source: {source_rate:,.0f} messages/s; ratio {mailer_rate / source_rate:.2f}"
+                    )
                 print(line, flush=True)
         if args.dry_run_rows:
             big = tmp / "big.csv"
             write_subscribers(big, args.dry_run_rows)
             env = base_env(tmp / "state-dry", 1, 1)
-            command = [sys.executable, "-m", "mailer", "send", str(ISSUE), "--subscribers", str(big), "--dry-run"]
+            command = [
+                sys.executable,
+                "-m",
+                "mailer",
+                "send",
+                str(ISSUE),
+                "--subscribers",
+                str(big),
+                "--dry-run",
+            ]
             elapsed, peak, code, _ = run_measured(command, env, stdout=subprocess.DEVNULL)
             print(f"dry run of {args.dry_run_rows:,} rows: {elapsed:.1f} s, peak {peak:.0f} MB, exit {code}")
     return 0

@@ -12,6 +12,7 @@ import email
 import email.policy
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -549,5 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("mailer: interrupted\n")
         return EXIT_TRY_LATER
+    except BrokenPipeError:
+        # `mailer report --csv | head`: the reader has had enough; not an error.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush is quiet
+        return EXIT_OK
 
 

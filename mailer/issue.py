@@ -110,6 +110,9 @@ class Sponsor(_Model):
     text: RequiredText
     url: HttpsUrl
 
+    def paragraphs(self) -> list[str]:
+        return paragraphs(self.text)
+
 
 class Issue(_Model):
     date: dt.date
@@ -222,6 +225,20 @@ def _describe(error: Any) -> list[str]:
     return [f"{loc}: {message}" if loc else message]
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON lets a repeated key silently win; an editor's copy-paste slip should not."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(json.dumps(key))
+        seen[key] = value
+    return seen
+
+
 def load_issue(path: Path) -> Issue:
     """Read and validate one issue file; every problem is raised at once, one per line."""
     name = str(path)
@@ -238,9 +255,11 @@ def load_issue(path: Path) -> Issue:
     except UnicodeDecodeError as exc:
         raise InputError(f"{name}: not UTF-8 text (byte {exc.start})") from None
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}: not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except _DuplicateKey as exc:
+        raise InputError(f"{name}: the key {exc} appears twice in one object; keep one") from None
     if not isinstance(raw, dict):
         raise IssueInvalid([f"{name}: must be a JSON object"])
     file_date = path.stem if DATE_NAME.match(path.stem) else None

@@ -214,3 +214,21 @@ def test_progress_on_a_terminal_is_a_bar(logged):
         time.sleep(0.2)
     assert "\r\x1b[2K[" in stream.getvalue()
     assert not [m for m in logged if m.startswith("progress:")]
+
+
+def test_report_csv_into_a_closed_pipe_is_quiet(env, smtp, issue_file, tmp_path):
+    """`mailer report --csv | head -1`: no BrokenPipeError traceback, exit 0."""
+    import subprocess
+    import sys
+
+    from conftest import write_subscribers
+
+    write_subscribers(tmp_path / "subscribers.csv", 3000)
+    env["MAILER_SMTP_CONNECTIONS"] = "4"
+    assert main(["send", str(issue_file)]) == 0
+    pipeline = subprocess.run(
+        f"'{sys.executable}' -m mailer report '{issue_file}' --csv | head -1",
+        shell=True, capture_output=True, text=True, timeout=120,
+    )
+    assert pipeline.stdout.startswith("row,email,")
+    assert "Traceback" not in pipeline.stderr and "BrokenPipe" not in pipeline.stderr

@@ -354,3 +354,20 @@ def test_a_missing_date_resolves_to_a_one_line_error(tmp_path, capsys, monkeypat
     code, out, err = validate(capsys, "2031-01-01")
     assert code == 2
     assert err == [f"mailer validate: {tmp_path / 'issues' / '2031-01-01.json'}: no such issue file"]
+
+
+def test_a_key_repeated_in_one_object_is_refused(tmp_path, issue_data):
+    """JSON would let the second "summary" silently win over the first."""
+    text = json.dumps(issue_data, indent=1)
+    text = text.replace('"headline":', '"summary": "an older draft",\n "headline":', 1)
+    path = tmp_path / "2026-11-24.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=r'the key "summary" appears twice'):
+        load_issue(path)
+
+
+def test_sponsor_paragraphs_split_on_blank_lines_with_spaces(tmp_path, issue_data):
+    issue_data["sponsor"]["text"] = "First part.\n   \nSecond part."
+    path = tmp_path / "2026-11-24.json"
+    path.write_text(json.dumps(issue_data), encoding="utf-8")
+    assert load_issue(path).sponsor.paragraphs() == ["First part.", "Second part."]

@@ -27,7 +27,9 @@ def suppressed(env) -> list:
         ledger.close()
 
 
-def test_every_message_refused_temporarily_stops_the_run_and_fails_no_one(env, smtp, issue_file, tmp_path, capsys):
+def test_every_message_refused_temporarily_stops_the_run_and_fails_no_one(
+    env, smtp, issue_file, tmp_path, capsys
+):
     write_subscribers(tmp_path / "subscribers.csv", 60)
     smtp.recorder.default = lambda rcpt, attempt: "451"
     assert main(["send", str(issue_file)]) == 75
