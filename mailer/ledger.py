@@ -394,19 +394,36 @@ class Ledger:
 
     # -- replay ---------------------------------------------------------------------------
 
-    def reset_for_replay(self, issue: str, *, in_doubt: bool, permanent: bool) -> int:
-        """Make the chosen failures pending again; nothing already sent is ever touched."""
+    @staticmethod
+    def _replayable(in_doubt: bool, permanent: bool) -> str:
+        """The rows `replay` takes: failed after retries, optionally in doubt or refused, and
+        never an address that asked to leave (a bounce only with `permanent`)."""
         conditions = ["(status='failed' AND permanent=0)"]
         if in_doubt:
             conditions.append(f"status IN ('in_doubt', '{IN_FLIGHT}')")
         if permanent:
             conditions.append("(status='failed' AND permanent=1)")
+        return (
+            f"issue=? AND ({' OR '.join(conditions)}) AND NOT EXISTS (SELECT 1 FROM suppressions s "
+            f"WHERE s.key = deliveries.key AND (s.reason != 'bounced' OR NOT {int(permanent)}))"
+        )
+
+    def replay_candidates(self, issue: str, *, in_doubt: bool, permanent: bool) -> list[tuple[str, str, str]]:
+        """Who `replay` would send to: (address, status, last reply), nothing changed."""
+        rows = self.db.execute(
+            "SELECT email, CASE status WHEN ? THEN 'in_doubt' ELSE status END, "
+            "coalesce(last_message, '') FROM deliveries WHERE "
+            + self._replayable(in_doubt, permanent) + " ORDER BY row, key",
+            (IN_FLIGHT, issue),
+        )
+        return [(email, status, last) for email, status, last in rows]
+
+    def reset_for_replay(self, issue: str, *, in_doubt: bool, permanent: bool) -> int:
+        """Make the chosen failures pending again; nothing already sent is ever touched."""
         cursor = self.db.execute(
-            "UPDATE deliveries SET status='pending', attempts=0, permanent=0, updated_at=? "
-            f"WHERE issue=? AND ({' OR '.join(conditions)}) "
-            "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key "
-            "AND (s.reason != 'bounced' OR NOT ?))",
-            (now(), issue, int(permanent)),
+            "UPDATE deliveries SET status='pending', attempts=0, permanent=0, updated_at=? WHERE "
+            + self._replayable(in_doubt, permanent),
+            (now(), issue),
         )
         return cursor.rowcount
 

@@ -167,21 +167,9 @@ def replay_candidates(
     """Who `replay` would send to: (address, status, last reply), nothing changed."""
     ledger = open_ledger(settings.state_dir, issue, read_only=True)
     try:
-        wanted = ["failed"] + (["in_doubt", "dot"] if in_doubt else [])
-        out = []
-        for row in ledger.rows(issue, wanted):
-            if row["status"] == "failed" and row["permanent"] and not permanent:
-                continue
-            if ledger.is_suppressed(row["email"]) and not (permanent and _bounced(ledger, row["email"])):
-                continue
-            out.append((row["email"], row["status"], row["last_message"] or ""))
-        return out
+        return ledger.replay_candidates(issue, in_doubt=in_doubt, permanent=permanent)
     finally:
         ledger.close()
-
-
-def _bounced(ledger: Ledger, email: str) -> bool:
-    return any(e.lower() == email.lower() and r == "bounced" for e, r, _, _ in ledger.suppressed())
 
 
 def open_ledger(state_dir: Path, issue: str | None = None, *, read_only: bool = False) -> Ledger:
