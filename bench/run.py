@@ -41,13 +41,17 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"the sink did not start on port {port}")
 
 
+def postfix_tool(name: str) -> str | None:
+    """Postfix's test tools live in /usr/sbin, often not on a user's PATH."""
+    return shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+
+
 @contextlib.contextmanager
-def sink() -> Iterator[tuple[int, str]]:
-    """An SMTP sink on loopback: Postfix's smtp-sink when installed, else aiosmtpd."""
+def sink(kind: str) -> Iterator[tuple[int, str]]:
+    """An SMTP sink on loopback: Postfix's smtp-sink when installed (and `kind` allows), else
+    aiosmtpd."""
     port = free_port()
-    smtp_sink = shutil.which("smtp-sink") or (
-        "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
-    )
+    smtp_sink = postfix_tool("smtp-sink") if kind == "auto" else None
     if smtp_sink:
         command = [smtp_sink]
         if os.geteuid() == 0:
@@ -149,9 +153,7 @@ def in_process_figures(count: int) -> tuple[float, float, int]:
 
 
 def smtp_source(port: int, count: int, connections: int, size: int) -> float | None:
-    tool = shutil.which("smtp-source") or (
-        "/usr/sbin/smtp-source" if Path("/usr/sbin/smtp-source").exists() else None
-    )
+    tool = postfix_tool("smtp-source")
     if not tool:
         return None
     command = [
@@ -183,6 +185,9 @@ def main() -> int:
         "--dry-run-rows", type=int, default=1_000_000, help="rows for the dry-run figure (0: skip)"
     )
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--sink", choices=["auto", "aiosmtpd"], default="auto", help="auto: smtp-sink when installed"
+    )
     args = parser.parse_args()
 
     per_issue, per_recipient, size = in_process_figures(min(args.count, 5000))
@@ -193,7 +198,7 @@ def main() -> int:
         tmp = Path(tmp_dir)
         csv_path = tmp / "subscribers.csv"
         write_subscribers(csv_path, args.count)
-        with sink() as (port, sink_name):
+        with sink(args.sink) as (port, sink_name):
             print(f"sink: {sink_name} on 127.0.0.1:{port}; {args.count} subscribers")
             for connections in args.connections:
                 state = tmp / f"state-{connections}"
