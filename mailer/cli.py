@@ -467,10 +467,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    def shared_options(p: argparse.ArgumentParser, default: Any) -> None:
+        p.add_argument("--env-file", type=Path, default=default(None), metavar="PATH",
+                       help="settings file (default ./.env when present); the environment wins")
+        p.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                       help="log each retry too")
+
+    # Accepted before the command and after it; after it, an absent option must not undo
+    # one given before, hence SUPPRESS as the command's default.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--env-file", type=Path, default=None, metavar="PATH",
-                        help="settings file (default ./.env when present); the environment wins")
-    common.add_argument("-v", "--verbose", action="store_true", help="log each retry too")
+    shared_options(common, lambda _: argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog="mailer",
         description="The Top Ten daily email: validate, preview, send, report and replay.",
@@ -478,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         "2 bad input (nothing sent), 75 try again later (re-running resumes).",
     )
     parser.add_argument("--version", action="version", version=f"mailer {__version__}")
+    shared_options(parser, lambda value: value)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str) -> argparse.ArgumentParser:
