@@ -127,7 +127,9 @@ class Delivery:
         self.tally = tally or Tally()
         self.lift_bounces = lift_bounces
         self.pacer = Pacer(settings.rate_limit)
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # work to take, or the run's end
+        self._room = threading.Condition(lock)  # room in the queue, for the feeder
         self._queue: deque[_Job] = deque()
         self._retries: list[_Job] = []
         self._seq = itertools.count()
@@ -139,11 +141,14 @@ class Delivery:
     # -- the work list --------------------------------------------------------------------
 
     def _feed(self) -> None:
+        """Fill the queue from the ledger; when full, wait until it is half empty, so the
+        feeder wakes once per few hundred messages rather than once per message."""
         limit = 256 * self.settings.smtp_connections
         for recipient, attempts in self.ledger.pending(self.issue):
             with self._cond:
-                while len(self._queue) >= limit and not self._stopping():
-                    self._cond.wait(0.5)
+                if len(self._queue) >= limit:
+                    while len(self._queue) > limit // 2 and not self._stopping():
+                        self._room.wait(0.5)
                 if self._stopping():
                     break
                 self._queue.append(_Job(0.0, next(self._seq), recipient, attempts))
@@ -181,7 +186,8 @@ class Delivery:
                     self._cond.wait(min(wait, 1.0))
                     continue
                 self._busy += 1
-                self._cond.notify_all()  # room in the queue for the feeder
+                if len(self._queue) == 128 * self.settings.smtp_connections:
+                    self._room.notify()  # half empty: time for the feeder to fill it again
                 return job
 
     def _finish(self, retry: _Job | None = None) -> None:
