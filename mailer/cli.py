@@ -176,7 +176,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.dry_run:
         rows = replay_candidates(settings, prepared.key, in_doubt=args.in_doubt, permanent=args.permanent)
         for address, status, last in rows:
-            _out(f"would send  {address}  ({status}: {last})")
+            _out(f"would send  {address}  ({status}{': ' + last if last else ''})")
         _out(f"{len(rows)} recipient(s) would be sent to")
         return EXIT_OK
     tally = Tally()

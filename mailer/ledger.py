@@ -7,6 +7,7 @@ guarantee the final-dot record needs; surviving a power cut per message is not r
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -205,15 +206,22 @@ class Ledger:
     def plan(self, issue: str, rows: Iterable[Recipient | SkippedRow], batch: int = 5000) -> PlanCounts:
         """Record every row of the list for this issue, in one transaction.
 
-        Rows already in the ledger keep their state, except that a still-pending row is
-        skipped if the list now says so. Duplicates (case-insensitive) collapse into one row,
-        and a duplicate saying skip (unsubscribed, bounced...) wins over one saying send,
-        whichever comes first.
+        A row already delivered, failed or in doubt keeps its state. Otherwise the list as it
+        is now decides: a pending row whose subscriber has since unsubscribed is skipped, a
+        skipped or suppressed one that may now be sent is pending again. Within one list,
+        duplicates (case-insensitive) collapse into one row, and a duplicate saying skip
+        (unsubscribed, bounced...) wins over one saying send, whichever comes first. A row of
+        an earlier plan missing from this list keeps its state: a short or half-written list
+        must never drop anyone who was to get the issue.
         """
         counts = PlanCounts()
         stamp = now()
         plan_id = time.time_ns()
-        upsert = """
+        keep_old = (
+            "deliveries.status NOT IN ('pending', 'skipped', 'suppressed') "
+            "OR (deliveries.plan = excluded.plan AND deliveries.status != 'pending')"
+        )
+        upsert = f"""
             INSERT INTO deliveries (issue, key, email, name, row, status, reason, plan,
                                     created_at, updated_at)
             VALUES (?1, ?2, ?3, ?4, ?5,
@@ -222,13 +230,11 @@ class Ledger:
                     ?7, ?8, ?9, ?9)
             ON CONFLICT (issue, key) DO UPDATE SET
                 plan = excluded.plan,
-                status = CASE WHEN deliveries.status = 'pending' AND excluded.status != 'pending'
-                         THEN excluded.status ELSE deliveries.status END,
-                reason = CASE WHEN deliveries.status = 'pending' AND excluded.status != 'pending'
-                         THEN excluded.reason ELSE deliveries.reason END
+                status = CASE WHEN {keep_old} THEN deliveries.status ELSE excluded.status END,
+                reason = CASE WHEN {keep_old} THEN deliveries.reason ELSE excluded.reason END,
+                updated_at = excluded.updated_at
         """
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             chunk: list[tuple[object, ...]] = []
             for item in rows:
                 counts.rows += 1
@@ -236,24 +242,12 @@ class Ledger:
                     chunk.append((issue, item.key, item.email, item.name, item.row, "pending",
                                   None, plan_id, stamp))
                 else:
-                    keyed = "@" in item.email and "invalid" not in item.reason
-                    key = item.email.lower() if keyed else f"#row{item.row}"
-                    chunk.append((issue, key, item.email, "", item.row, "skipped", item.reason,
+                    chunk.append((issue, item.key, item.email, "", item.row, "skipped", item.reason,
                                   plan_id, stamp))
                 if len(chunk) >= batch:
                     self.db.executemany(upsert, chunk)
                     chunk.clear()
             self.db.executemany(upsert, chunk)
-            # A row still pending from an earlier plan whose address left the list.
-            self.db.execute(
-                "UPDATE deliveries SET status='skipped', reason='no longer in the list', "
-                "updated_at=? WHERE issue=? AND status='pending' AND plan != ?",
-                (stamp, issue, plan_id),
-            )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         by_status = self.counts(issue)
         in_this_plan = self.db.execute(
             "SELECT count(*) FROM deliveries WHERE issue=? AND plan=?", (issue, plan_id)
@@ -264,6 +258,31 @@ class Ledger:
         counts.suppressed = by_status["suppressed"]
         counts.done_before = by_status["sent"] + by_status["failed"] + by_status["in_doubt"]
         return counts
+
+    @contextlib.contextmanager
+    def _transaction(self, mode: str = "IMMEDIATE") -> Iterator[None]:
+        """One transaction; rolled back on any error (SQLite may have rolled it back itself,
+        on a full disk for instance, and a second rollback must not hide the first error)."""
+        self.db.execute(f"BEGIN {mode}")
+        try:
+            yield
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def apply_suppressions(self, issue: str, *, except_bounces: bool = False) -> int:
+        """Pending rows whose address is now on the suppression list are not sent (a bounce
+        excepted for `replay --permanent`, whose point is to try those again)."""
+        with self.lock:
+            cursor = self.db.execute(
+                "UPDATE deliveries SET status='suppressed', updated_at=? WHERE issue=? AND "
+                "status='pending' AND EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key "
+                "AND (s.reason != 'bounced' OR NOT ?))",
+                (now(), issue, int(except_bounces)),
+            )
+        return cursor.rowcount
 
     def recover(self, issue: str) -> int:
         """After a crash: a message whose final dot may have reached the server is in doubt."""
@@ -318,14 +337,9 @@ class Ledger:
             if sent is None:
                 self.db.execute(_MARK_DOT, dot)
                 return
-            self.db.execute("BEGIN")
-            try:
+            with self._transaction("DEFERRED"):
                 self.db.execute(_RECORD, _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False))
                 self.db.execute(_MARK_DOT, dot)
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
 
     def record(
         self,
@@ -396,9 +410,10 @@ class Ledger:
 
     @staticmethod
     def _replayable(in_doubt: bool, permanent: bool) -> str:
-        """The rows `replay` takes: failed after retries, optionally in doubt or refused, and
-        never an address that asked to leave (a bounce only with `permanent`)."""
-        conditions = ["(status='failed' AND permanent=0)"]
+        """The rows `replay` takes: failed after retries, pending (left by a stopped run),
+        optionally in doubt or refused, and never an address on the suppression list (a
+        bounce only with `permanent`)."""
+        conditions = ["(status='failed' AND permanent=0)", "status='pending'"]
         if in_doubt:
             conditions.append(f"status IN ('in_doubt', '{IN_FLIGHT}')")
         if permanent:

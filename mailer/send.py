@@ -6,13 +6,13 @@ import contextlib
 import logging
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailer.config import Settings
 from mailer.delivery import Delivery, Tally, run_lock
-from mailer.errors import InputError, TryLater
+from mailer.errors import InputError, SubscribersError, TryLater
 from mailer.issue import Issue, content_warnings, load_issue
 from mailer.ledger import FILE_NAME, Ledger, PlanCounts
 from mailer.message import MessageFactory
@@ -92,6 +92,8 @@ def _deliver(
         ledger, prepared.key, factory, transports, settings,
         stop=stop, tally=outcome.tally, lift_bounces=lift_bounces,
     )
+    # unsubscribed since the plan, or since the run that left these pending stopped
+    ledger.apply_suppressions(prepared.key, except_bounces=lift_bounces)
     try:
         delivery.run()
     except TryLater as exc:
@@ -122,13 +124,22 @@ def send(
             outcome.recovered = ledger.recover(prepared.key)
             if outcome.recovered:
                 log.warning("%d message(s) were in flight at a crash: now in doubt", outcome.recovered)
-            outcome.plan = ledger.plan(prepared.key, rows)
+            outcome.plan = plan_list(ledger, prepared.key, rows, subscribers)
             run_id = ledger.start_run(prepared.key, "outbox" if outbox else "send")
             _deliver(ledger, prepared, factory, transports, settings, outcome, stop)
             ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
         finally:
             ledger.close()
     return outcome
+
+
+def plan_list(ledger: Ledger, issue: str, rows: Iterable[Recipient | SkippedRow], path: Path) -> PlanCounts:
+    """The list into the ledger; a list with no rows at all is a broken export, not a quiet
+    morning."""
+    plan = ledger.plan(issue, rows)
+    if plan.rows == 0:
+        raise SubscribersError(f"{path}: no subscribers in the list, only a header row; nothing was sent")
+    return plan
 
 
 def replay(
@@ -210,8 +221,9 @@ def dry_run(
         scratch = Ledger(Path(scratch_dir) / FILE_NAME)
         try:
             if real.is_file():
+                Ledger(real, read_only=True).close()  # refuses a ledger newer than this mailer
                 scratch.copy_from(real, prepared.key)
-            plan = scratch.plan(prepared.key, rows)
+            plan = plan_list(scratch, prepared.key, rows, subscribers)
             skipped = [
                 (r["row"], r["email"], r["status"], r["reason"] or "on the suppression list")
                 for r in scratch.rows(prepared.key, ["skipped", "suppressed"])

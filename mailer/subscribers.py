@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -34,11 +36,18 @@ class Recipient:
 
 @dataclass(frozen=True, slots=True)
 class SkippedRow:
-    """A row not sent to, and why."""
+    """A row not sent to, and why; `address` is the checked address when it is a valid one."""
 
     row: int
     email: str
     reason: str
+    address: str = ""
+
+    @property
+    def key(self) -> str:
+        """Keyed like a recipient when the address is valid, so that a duplicate saying skip
+        meets its twin saying send; else by its row."""
+        return self.address.lower() if self.address else f"#row{self.row}"
 
 
 def _validate(raw: str) -> str:
@@ -82,13 +91,13 @@ def clean_name(raw: str) -> str:
 def read_subscribers(path: Path) -> Iterator[Recipient | SkippedRow]:
     """Open the list and check its header now; the rows are read lazily, one at a time."""
     try:
-        handle = path.open(encoding="utf-8-sig", newline="")
+        handle = path.open("rb")
     except OSError as exc:
         raise SubscribersError(f"{path}: cannot read the subscriber list: {exc.strerror}") from None
+    reader = csv.reader(_decoded(handle))
     try:
-        reader = csv.reader(handle)
         header = next(reader, None)
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
         handle.close()
         raise SubscribersError(f"{path}: row 1: {_reason(exc)}") from None
     if header is None:
@@ -101,18 +110,29 @@ def read_subscribers(path: Path) -> Iterator[Recipient | SkippedRow]:
     return _rows(path, handle, reader, columns)
 
 
+def _decoded(handle: BinaryIO) -> Iterator[str]:
+    """UTF-8 (with or without a BOM) decoded line by line, so a bad byte is reported on its
+    own row rather than somewhere in an 8 KB chunk."""
+    first = True
+    for line in handle:
+        if first:
+            line = line.removeprefix(codecs.BOM_UTF8)
+            first = False
+        yield line.decode("utf-8")
+
+
 def _rows(
-    path: Path, handle: object, reader: Iterator[list[str]], columns: list[str]
+    path: Path, handle: BinaryIO, reader: Iterator[list[str]], columns: list[str]
 ) -> Iterator[Recipient | SkippedRow]:
     at_email = columns.index("email")
     at_name = columns.index("name") if "name" in columns else None
     at_status = columns.index("status") if "status" in columns else None
     row = 1
-    with handle:  # type: ignore[attr-defined]
+    with handle:
         while True:
             try:
                 fields = next(reader, None)
-            except (UnicodeDecodeError, csv.Error) as exc:
+            except (UnicodeDecodeError, csv.Error, OSError) as exc:
                 raise SubscribersError(f"{path}: row {row + 1}: {_reason(exc)}") from None
             if fields is None:
                 return
@@ -123,7 +143,7 @@ def _rows(
             if at_status is not None and at_status < len(fields):
                 status = fields[at_status].strip().lower()
                 if status not in ACTIVE:
-                    yield SkippedRow(row, raw_email, f"status is '{status}'")
+                    yield SkippedRow(row, raw_email, f"status is '{status}'", _valid_or_empty(raw_email))
                     continue
             if not raw_email:
                 yield SkippedRow(row, "", "no address")
@@ -137,6 +157,13 @@ def _rows(
             if at_name is not None and at_name < len(fields):
                 name = clean_name(fields[at_name])
             yield Recipient(row, email, name)
+
+
+def _valid_or_empty(raw: str) -> str:
+    try:
+        return check_address(raw)
+    except ValueError:
+        return ""
 
 
 def _reason(exc: Exception) -> str:
