@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailer.config import Settings
-from mailer.errors import ConnectFailed, DeliveryError, Interrupted, LockHeld, ServerUnreachable
+from mailer.errors import (
+    ConnectFailed,
+    DeliveryError,
+    Interrupted,
+    LockHeld,
+    RunStopped,
+    ServerUnreachable,
+    TryLater,
+)
 from mailer.ledger import Ledger
 from mailer.message import MessageFactory
 from mailer.subscribers import Recipient
@@ -27,10 +35,13 @@ log = logging.getLogger("mailer")
 
 LOCK_NAME = "send.lock"
 MAX_BACKOFF = 300.0
-# Failures in a row with no delivery between them say more about the relay than about the
-# addresses: the run stops there (exit 75) and those recipients go back to pending, so an
-# outage or a relay refusing everything never burns through the list marking it failed.
+# Failures in a row with no delivery between them, across several domains, say more about the
+# relay than about the addresses: the run stops there (exit 75) and those recipients go back
+# to pending, so an outage or a relay refusing everything never burns through the list
+# marking it failed. Throttling replies are left to the pacer; a block of addresses at one
+# dead domain is not an outage (unless the whole list is at that domain).
 OUTAGE_STREAK = 10
+OUTAGE_DOMAINS = 3
 
 
 @contextlib.contextmanager
@@ -135,8 +146,10 @@ class Delivery:
         self._seq = itertools.count()
         self._fed = False
         self._busy = 0
-        self._abort: str | None = None
+        self._abort: TryLater | None = None
         self._streak: list[tuple[_Job, DeliveryError]] = []  # failures since the last delivery
+        self._streak_domains: set[str] = set()
+        self._domains: set[str] = set()  # recipient domains tried, up to OUTAGE_DOMAINS
 
     # -- the work list --------------------------------------------------------------------
 
@@ -159,6 +172,15 @@ class Delivery:
 
     def _stopping(self) -> bool:
         return self.stop.is_set() or self._abort is not None
+
+    def _halt(self, error: TryLater) -> None:
+        """Stop the run (the first reason wins) and wake everyone waiting."""
+        with self._cond:
+            if self._abort is None:
+                self._abort = error
+                log.error("%s", error)
+            self._cond.notify_all()
+            self._room.notify_all()
 
     def _take(self, idle: Callable[[], None]) -> _Job | None:
         """The next job due; `idle` runs (outside the lock) before waiting for one."""
@@ -207,11 +229,15 @@ class Delivery:
         ]
         for worker in workers:
             worker.start()
-        self._feed()
-        for worker in workers:
-            worker.join()
+        try:
+            self._feed()
+        except Exception as exc:  # the ledger could not be read: stop the workers cleanly
+            self._halt(RunStopped(f"stopped by an error reading the ledger: {exc}"))
+        finally:
+            for worker in workers:
+                worker.join()
         if self._abort is not None:
-            raise ServerUnreachable(f"stopped early, the rest left pending: {self._abort}")
+            raise self._abort
         if self.stop.is_set():
             raise Interrupted("interrupted: the messages in flight were recorded, the rest left pending")
         return self.tally
@@ -233,17 +259,23 @@ class Delivery:
                     retry = job  # never tried: not an attempt, and it stays pending
                     job.due = 0.0
                     if exc.fatal or connect_failures >= self.settings.max_attempts:
-                        log.error("cannot reach the SMTP server: %s", exc)
-                        with self._cond:
-                            self._abort = self._abort or str(exc)
+                        self._halt(ServerUnreachable(
+                            f"cannot reach the SMTP server: {exc}; stopped early, the rest left pending"
+                        ))
                     else:
                         wait = backoff(connect_failures, self.settings.retry_base_seconds)
                         log.warning("cannot reach the SMTP server (%s); again in %.1fs", exc, wait)
                         self.stop.wait(wait)
                 finally:
                     self._finish(retry)
-        finally:
             line.settle()
+        except Exception as exc:
+            # A full disk, a locked ledger, an unwritable outbox: a dead thread would leave
+            # the run waiting for it for ever, holding the lock. Stop the run instead.
+            self._halt(RunStopped(f"stopped by an error: {exc}; the rest left pending"))
+            with contextlib.suppress(Exception):
+                line.settle()  # the last success, if the ledger can still take it
+        finally:
             transport.close()
 
     def _attempt(self, job: _Job, transport: Transport, line: _Line) -> _Job | None:
@@ -251,6 +283,8 @@ class Delivery:
         recipient = job.recipient
         message = self.factory.build(recipient)
         attempts = job.attempts + 1
+        if len(self._domains) < OUTAGE_DOMAINS:
+            self._domains.add(recipient.domain)
         try:
             reply = transport.send(
                 self.sender, recipient.email, message, lambda: line.dot(recipient.key, attempts)
@@ -262,6 +296,7 @@ class Delivery:
         line.sent = (recipient.key, attempts, reply)
         with self._cond:
             self._streak.clear()
+            self._streak_domains.clear()
         if self.lift_bounces:
             self.ledger.unsuppress_bounce(recipient.email)
         self.pacer.success()
@@ -303,25 +338,32 @@ class Delivery:
         return None
 
     def _outage(self, job: _Job, exc: DeliveryError, ledger: Ledger) -> bool:
-        """Count a failure in the streak; at OUTAGE_STREAK, stop the run and put the whole
-        streak back to pending (lifting the suppressions it added)."""
+        """Count a failure in the streak; when the streak looks like the relay's fault, stop
+        the run and put the whole streak back to pending (lifting the suppressions it added)."""
+        if exc.throttled:
+            return False  # the pacer slows the run down; that is what throttling asks for
         with self._cond:
             if self._abort is not None:
                 streak = [(job, exc)]  # in flight as the run stopped: pending, like the streak
             else:
                 self._streak.append((job, exc))
-                if len(self._streak) < OUTAGE_STREAK:
+                self._streak_domains.add(job.recipient.domain)
+                enough = min(OUTAGE_DOMAINS, len(self._domains))
+                if len(self._streak) < OUTAGE_STREAK or len(self._streak_domains) < enough:
                     return False
                 streak, self._streak = self._streak, []
-                self._abort = (
-                    f"{len(streak)} messages in a row refused, none delivered between them "
-                    f"(last: {exc.message}); the relay looks down or is refusing everything"
-                )
-                log.error("%s: stopping the run", self._abort)
+                self._streak_domains = set()
+        if len(streak) > 1:
+            self._halt(RunStopped(
+                f"{len(streak)} messages in a row refused, none delivered between them "
+                f"(last: {exc.message}); the relay looks down or is refusing everything; "
+                "stopped early, the rest left pending"
+            ))
         for earlier, error in streak:
             r = earlier.recipient
-            ledger.record(self.issue, r.key, "pending", earlier.attempts, error.code, error.message)
-            if not error.transient:
+            answered = earlier is job  # this connection's own message: refused, not in doubt
+            released = ledger.release(self.issue, r.key, error.code, error.message, answered=answered)
+            if released and not error.transient:
                 ledger.unsuppress_bounce(r.email)
         with self._cond:
             self.tally.failed -= sum(  # those already counted as failed, this one not yet

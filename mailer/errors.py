@@ -53,6 +53,11 @@ class ServerUnreachable(TryLater):
     """The SMTP server could not be reached, so the remaining recipients stay pending."""
 
 
+class RunStopped(TryLater):
+    """The run stopped early, on an outage or an error on this machine (a full disk, say);
+    the rest are left pending."""
+
+
 class Interrupted(TryLater):
     """SIGINT or SIGTERM: the messages in flight were finished and recorded."""
 

@@ -355,6 +355,21 @@ class Ledger:
         with self.lock:
             self.db.execute(_RECORD, _record_args(issue, key, status, attempts, code, message, permanent))
 
+    def release(
+        self, issue: str, key: str, code: int | None, message: str | None, *, answered: bool = False
+    ) -> bool:
+        """Back to pending, attempts forgotten, after an outage. Never a row in flight or done
+        on another connection meanwhile, except (`answered`) the caller's own message, whose
+        final dot was answered with a refusal. True when the row was released."""
+        statuses = ("pending", "failed", IN_FLIGHT) if answered else ("pending", "failed")
+        with self.lock:
+            cursor = self.db.execute(
+                "UPDATE deliveries SET status='pending', attempts=0, permanent=0, last_code=?, "
+                f"last_message=?, updated_at=? WHERE issue=? AND key=? AND status IN {statuses!r}",
+                (code, message, now(), issue, key),
+            )
+        return cursor.rowcount == 1
+
     # -- runs -----------------------------------------------------------------------------
 
     def start_run(self, issue: str, kind: str) -> int:

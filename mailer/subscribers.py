@@ -33,6 +33,10 @@ class Recipient:
     def key(self) -> str:
         return self.email.lower()
 
+    @property
+    def domain(self) -> str:
+        return self.email.rpartition("@")[2].lower()
+
 
 @dataclass(frozen=True, slots=True)
 class SkippedRow:

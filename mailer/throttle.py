@@ -12,11 +12,14 @@ class Pacer:
 
     A throttling reply halves the rate (from the configured limit, or from the rate observed
     just before, when there is none); each success afterwards raises it a little, so the run
-    speeds up again gradually rather than hitting the relay at full speed at once.
+    speeds up again gradually rather than hitting the relay at full speed at once. The
+    replies to messages already in flight when the relay started refusing say nothing new,
+    so the rate is halved at most once per HOLD seconds.
     """
 
-    MIN_RATE = 0.2
-    RECOVERY = 0.02  # fraction of the current rate regained per success
+    MIN_RATE = 0.5
+    RECOVERY = 0.05  # fraction of the current rate regained per success
+    HOLD = 1.0
 
     def __init__(self, limit: float) -> None:
         self.limit = limit or None
@@ -26,6 +29,7 @@ class Pacer:
         self._recent: deque[float] = deque(maxlen=50)
         self._unthrottled = 0.0  # the rate observed before the first throttle of an unlimited run
         self.throttled = 0
+        self._lowered = -self.HOLD  # when the rate was last halved
 
     def wait(self, stop: threading.Event | None = None) -> None:
         with self._lock:
@@ -55,6 +59,10 @@ class Pacer:
     def throttle(self) -> None:
         with self._lock:
             self.throttled += 1
+            now = time.monotonic()
+            if now - self._lowered < self.HOLD:
+                return
+            self._lowered = now
             if self.rate is None:
                 self._unthrottled = self._observed()
             current = self.rate if self.rate is not None else self._unthrottled

@@ -6,12 +6,14 @@ final "." over SMTP, the rename in the outbox), so the caller can record it dura
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
 import smtplib
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -234,6 +236,15 @@ class SMTPTransport:
         return f"{code} {_text(text)}"
 
 
+def outbox_name(recipient: str) -> str:
+    """The address as a file name; when characters had to be replaced, a short hash of the
+    address keeps `a&b@x` and `a*b@x` from landing in the same file."""
+    safe = _SAFE_NAME.sub("_", recipient)
+    if safe == recipient:
+        return safe
+    return f"{safe}.{hashlib.sha256(recipient.lower().encode()).hexdigest()[:10]}"
+
+
 class OutboxTransport:
     """Writes each message as an `.eml` file: the same run, with nothing leaving the machine."""
 
@@ -247,8 +258,8 @@ class OutboxTransport:
         pass
 
     def send(self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None]) -> str:
-        target = self.folder / f"{_SAFE_NAME.sub('_', recipient)}.eml"
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        target = self.folder / f"{outbox_name(recipient)}.eml"
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             temporary.write_bytes(b"Return-Path: <" + sender.encode() + b">\r\n" + message)
         except OSError as exc:
