@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import ssl
 from collections.abc import Mapping
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
@@ -16,6 +18,8 @@ from mailer.errors import ConfigError
 
 PREFIX = "MAILER_"
 SECRET_FIELDS = {"smtp_password", "secret"}
+# The placeholder in .env.example: good for trying it out, refused for a real send.
+EXAMPLE_SECRET = "change-me-to-a-long-random-string"  # noqa: S105 - a placeholder, refused
 
 
 def _https_url(value: str | None) -> str | None:
@@ -89,8 +93,25 @@ class Settings(BaseModel):
     @field_validator("smtp_ca_file")
     @classmethod
     def _check_ca_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
+        if value is None:
+            return None
+        if not value.is_file():
             raise ValueError(f"no such file: {value}")
+        try:  # now, not at the first connection: a bad file is a setting to fix, not an outage
+            ssl.create_default_context().load_verify_locations(cafile=str(value))
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"{value} is not a PEM certificate file ({exc})") from None
+        return value
+
+    @field_validator("list_id")
+    @classmethod
+    def _check_list_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must not contain control characters")
+        if not re.fullmatch(r"[^<>]*<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+\.[A-Za-z0-9.-]+>", value):
+            raise ValueError("must be 'Name <list-id.example.org>' (RFC 2919)")
         return value
 
     @property

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from mailer.config import Settings
+from mailer.config import EXAMPLE_SECRET, Settings
 from mailer.errors import ConfigError, ConnectFailed, DeliveryError
 
 _THROTTLE_TEXT = re.compile(r"rate|limit|too many|throttl|slow down|try again later", re.I)
@@ -64,6 +64,11 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 def check_smtp_settings(settings: Settings) -> None:
     """Refuse, before any connection, settings that would leak credentials or cannot work."""
     settings.require("smtp_host")
+    if settings.secret == EXAMPLE_SECRET:
+        raise ConfigError(
+            "MAILER_SECRET: still the example's placeholder, which anyone can read; set a long "
+            "random string before sending for real"
+        )
     host = settings.smtp_host or ""
     if bool(settings.smtp_user) != bool(settings.smtp_password):
         raise ConfigError("MAILER_SMTP_USER and MAILER_SMTP_PASSWORD: set both or neither")
@@ -139,6 +144,10 @@ class SMTPTransport:
             ) from None
         except ssl.SSLError as exc:
             raise ConnectFailed(f"{self.host}:{s.port}: TLS failed: {exc.reason}", fatal=True) from None
+        except smtplib.SMTPNotSupportedError:
+            raise ConnectFailed(
+                f"{self.host}:{s.port}: the server offers no AUTH, but MAILER_SMTP_USER is set", fatal=True
+            ) from None
         except smtplib.SMTPAuthenticationError as exc:
             raise ConnectFailed(
                 f"{self.host}:{s.port}: authentication refused ({exc.smtp_code})", fatal=True

@@ -81,8 +81,10 @@ def clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def ca_file(tmp_path: Path) -> Path:
+    import trustme
+
     path = tmp_path / "extra-ca.pem"
-    path.write_text("not checked until a connection is made\n", encoding="utf-8")
+    trustme.CA().cert_pem.write_to_path(str(path))  # a real CA: the file is checked at start
     return path
 
 
@@ -323,3 +325,35 @@ def test_config_says_when_a_secret_is_not_set(clean, capsys):
     shown, _ = config_output(capsys)
     assert shown["MAILER_SMTP_PASSWORD"] == "(not set)"
     assert shown["MAILER_SECRET"] == "(not set)"
+
+
+def test_the_example_placeholder_secret_is_refused_for_a_real_send(
+    env, smtp, issue_file, tmp_path, monkeypatch, capsys
+):
+    from conftest import write_subscribers
+
+    from mailer.config import EXAMPLE_SECRET
+
+    write_subscribers(tmp_path / "subscribers.csv", 3)
+    monkeypatch.setenv("MAILER_SECRET", EXAMPLE_SECRET)
+    assert main(["send", str(issue_file)]) == 2
+    assert "MAILER_SECRET: still the example's placeholder" in capsys.readouterr().err
+    assert smtp.recorder.messages == []
+    assert main(["send", str(issue_file), "--outbox", str(tmp_path / "outbox")]) == 0  # fine for trying
+
+
+def test_a_ca_file_that_is_not_pem_is_a_setting_to_fix(env, smtp, issue_file, tmp_path, monkeypatch, capsys):
+    bogus = tmp_path / "not-a-ca.pem"
+    bogus.write_text("hello\n", encoding="utf-8")
+    monkeypatch.setenv("MAILER_SMTP_CA_FILE", str(bogus))
+    assert main(["send", str(issue_file)]) == 2
+    err = capsys.readouterr().err
+    assert "MAILER_SMTP_CA_FILE" in err and "not a PEM certificate file" in err
+
+
+@pytest.mark.parametrize("value", ["no angle brackets", "Top Ten <x>\r\nBcc: a@example.org"])
+def test_a_bad_list_id_is_one_line_naming_it(env, issue_file, monkeypatch, capsys, value):
+    monkeypatch.setenv("MAILER_LIST_ID", value)
+    assert main(["preview", str(issue_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MAILER_LIST_ID" in err
