@@ -8,6 +8,7 @@ import heapq
 import itertools
 import logging
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -41,6 +42,7 @@ MAX_BACKOFF = 300.0
 # marking it failed. Throttling replies are left to the pacer; a block of addresses at one
 # dead domain is not an outage (unless the whole list is at that domain).
 OUTAGE_STREAK = 10
+SWITCH_INTERVAL = 0.0005  # seconds; the interpreter default is 0.005
 OUTAGE_DOMAINS = 3
 
 
@@ -227,6 +229,11 @@ class Delivery:
             threading.Thread(target=self._work, name=f"smtp-{n}", daemon=True)
             for n in range(self.settings.smtp_connections)
         ]
+        # The connections are I/O threads that each hold the interpreter lock briefly between
+        # socket calls; a shorter switch interval hands it over sooner (measured: steadier
+        # and faster runs with four connections).
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
         for worker in workers:
             worker.start()
         try:
@@ -236,6 +243,7 @@ class Delivery:
         finally:
             for worker in workers:
                 worker.join()
+            sys.setswitchinterval(switch)
         if self._abort is not None:
             raise self._abort
         if self.stop.is_set():
@@ -294,14 +302,14 @@ class Delivery:
             job.attempts = attempts
             return self._failed(job, exc, self.ledger)
         line.sent = (recipient.key, attempts, reply)
-        with self._cond:
-            self._streak.clear()
-            self._streak_domains.clear()
         if self.lift_bounces:
             self.ledger.unsuppress_bounce(recipient.email)
         self.pacer.success()
         with self._cond:
             self.tally.sent += 1
+            if self._streak:
+                self._streak.clear()
+                self._streak_domains.clear()
         return None
 
     def _failed(self, job: _Job, exc: DeliveryError, ledger: Ledger) -> _Job | None:

@@ -32,6 +32,8 @@ class Pacer:
         self._lowered = -self.HOLD  # when the rate was last halved
 
     def wait(self, stop: threading.Event | None = None) -> None:
+        if self.rate is None:  # unpaced: no lock on the hot path (a stale read costs one message)
+            return
         with self._lock:
             if self.rate is None:
                 return
@@ -46,8 +48,10 @@ class Pacer:
                 time.sleep(delay)
 
     def success(self) -> None:
+        self._recent.append(time.monotonic())  # deque.append is atomic: no lock needed
+        if self.rate is None:
+            return
         with self._lock:
-            self._recent.append(time.monotonic())
             if self.rate is None:
                 return
             self.rate *= 1 + self.RECOVERY
