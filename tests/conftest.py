@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,16 @@ from smtpserver import SMTPServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_ISSUE = ROOT / "issues" / "2026-11-24.json"
+
+
+@pytest.fixture
+def clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No MAILER_ variable inherited from whoever runs the tests, and no ./.env of theirs."""
+    for key in list(os.environ):
+        if key.startswith("MAILER_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture

@@ -234,11 +234,7 @@ def test_report_csv_into_a_closed_pipe_is_quiet(env, smtp, issue_file, tmp_path)
     assert "Traceback" not in pipeline.stderr and "BrokenPipe" not in pipeline.stderr
 
 
-def test_env_file_before_or_after_the_command(tmp_path, monkeypatch, capsys):
-    for key in list(__import__("os").environ):
-        if key.startswith("MAILER_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+def test_env_file_before_or_after_the_command(clean, tmp_path, capsys):
     env_file = tmp_path / "mailer.env"
     env_file.write_text("MAILER_FROM=Either Way <either@example.org>\n", encoding="utf-8")
     for argv in (["config", "--env-file", str(env_file)], ["--env-file", str(env_file), "config"]):

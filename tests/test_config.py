@@ -3,7 +3,6 @@ and a bad value stops the run with one line naming it before any connection is m
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -67,16 +66,6 @@ def every_setting(ca_file: Path) -> dict[str, str]:
         "MAILER_ISSUES_DIR": "daily",
         "MAILER_STATE_DIR": "var/mailer",
     }
-
-
-@pytest.fixture
-def clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No MAILER_ variable inherited from whoever runs the tests, and no ./.env of theirs."""
-    for key in list(os.environ):
-        if key.startswith("MAILER_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.fixture

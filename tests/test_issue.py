@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +21,8 @@ NAME = "2026-11-24.json"
 LINE = re.compile(r"^(?P<file>.+\.json): (?P<path>[a-z_]+(\.[a-z_0-9]+)*): (?P<message>\S.*)$")
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No .env and no MAILER_* settings from the machine running the tests."""
-    for key in list(os.environ):
-        if key.startswith("MAILER_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+# No .env and no MAILER_* settings from the machine running the tests.
+pytestmark = pytest.mark.usefixtures("clean")
 
 
 @pytest.fixture

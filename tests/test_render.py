@@ -6,7 +6,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import re
 import shutil
 from email.message import EmailMessage
@@ -34,13 +33,8 @@ UNSUBSCRIBE = "https://example.org/unsubscribe/{token}"
 DONATE = "https://example.org/donate?from=email&issue=2026-11-24"
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No .env and no MAILER_* settings from the machine running the tests."""
-    for key in list(os.environ):
-        if key.startswith("MAILER_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+# No .env and no MAILER_* settings from the machine running the tests.
+pytestmark = pytest.mark.usefixtures("clean")
 
 
 def settings(**changes: Any) -> Settings:
