@@ -6,8 +6,6 @@ Only this module prints or chooses an exit code; the library raises.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import email
 import email.policy
 import json
@@ -21,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mailer import __version__
+from mailer import __version__, report
 from mailer.config import Settings, load_settings
 from mailer.delivery import Tally
 from mailer.errors import InputError, IssueInvalid, MailerError
@@ -201,103 +199,18 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     key = _issue_key(args, settings)
     ledger = open_ledger(settings.state_dir, key, read_only=True)
     try:
-        counts = ledger.counts(key)
-        runs = [dict(r) for r in ledger.runs(key)]
-        problems = [dict(r) for r in ledger.rows(key, ["failed", "in_doubt", "dot"])]
-        suppressed_why = ledger.suppression_reasons(key)
         if args.csv:
-            _report_csv(ledger, key, suppressed_why)
+            report.write_csv(ledger, key, sys.stdout)
             return EXIT_OK
-        not_sent = [_not_sent(dict(r), suppressed_why) for r in ledger.rows(key, ["skipped", "suppressed"])]
+        found = report.gather(ledger, key)
     finally:
         ledger.close()
-    first, last = (runs[0], runs[-1]) if runs else ({}, {})
-    delivered = sum(r["delivered"] for r in runs)
-    rate = _rate(runs)
     if args.json:
-        body: dict[str, Any] = {"issue": key, **counts, "total": sum(counts.values())}
-        body |= {
-            "started_at": first.get("started_at"),
-            "ended_at": last.get("ended_at"),
-            "runs": len(runs),
-            "rate_per_second": rate,
-            "failures": [_failure(r) for r in problems],
-            "not_sent": not_sent,
-        }
-        _out(json.dumps(body, indent=2))
-        return EXIT_OK
-    _out(f"Issue {key}: {sum(counts.values())} recipients")
-    for status, count in counts.items():
-        _out(f"  {status:<11}{count:>8}")
-    for run in runs:
-        _out(
-            f"  {run['kind']} run {run['id']}: {run['started_at']} to {run['ended_at'] or '(not ended)'}"
-            f", {run['outcome'] or 'interrupted'}, {run['delivered']} delivered"
-        )
-    if rate is not None:
-        _out(f"  {delivered} delivered at {rate:.1f} messages/s")
-    if problems:
-        _out("Failures:")
-        for r in problems:
-            f = _failure(r)
-            reply = f["last_message"] or ""
-            if not reply.startswith(str(f["last_code"])):
-                reply = f"{f['last_code'] or '-'} {reply}"
-            _out(f"  {f['email']}  {f['status']}  after {f['attempts']} attempt(s): {reply}")
-        flags = (" --in-doubt" if counts["in_doubt"] else "") + (
-            " --permanent" if any(r["status"] == "failed" and r["permanent"] for r in problems) else "")
-        _out(f"Retry with: mailer replay {key}{flags}")
-    if not_sent:
-        _out("Not sent:")
-        for n in not_sent:
-            _out(f"  {n['email'] or '(empty)'}  {n['status']}  row {n['row']}: {n['reason']}")
+        _out(json.dumps(found.as_json(), indent=2))
+    else:
+        for line in found.lines():
+            _out(line)
     return EXIT_OK
-
-
-def _not_sent(row: dict[str, Any], suppressed_why: dict[str, str]) -> dict[str, Any]:
-    reason = row["reason"] or ""
-    if row["status"] == "suppressed":
-        reason = "on the suppression list: " + suppressed_why.get(row["key"], "(since lifted)")
-    return {"email": row["email"], "row": row["row"], "status": row["status"], "reason": reason}
-
-
-def _failure(row: dict[str, Any]) -> dict[str, Any]:
-    status = "in_doubt" if row["status"] in ("in_doubt", "dot") else row["status"]
-    if status == "failed":
-        status = "failed (permanent)" if row["permanent"] else "failed (after retries)"
-    return {
-        "email": row["email"],
-        "status": status,
-        "attempts": row["attempts"],
-        "last_code": row["last_code"],
-        "last_message": row["last_message"],
-    }
-
-
-def _rate(runs: list[dict[str, Any]]) -> float | None:
-    seconds = 0.0
-    for run in runs:
-        if run["ended_at"]:
-            start = dt.datetime.fromisoformat(run["started_at"])
-            end = dt.datetime.fromisoformat(run["ended_at"])
-            seconds += (end - start).total_seconds()
-    if not seconds:
-        return None
-    return round(sum(r["delivered"] for r in runs) / seconds, 1)
-
-
-def _report_csv(ledger: Ledger, key: str, suppressed_why: dict[str, str]) -> None:
-    columns = ["row", "email", "name", "status", "attempts", "last_code", "last_message",
-               "reason", "updated_at", "sent_at"]
-    writer = csv.writer(sys.stdout)
-    writer.writerow(columns)
-    for row in ledger.rows(key):
-        values = dict(row)
-        if values["status"] == "dot":
-            values["status"] = "in_doubt"
-        elif values["status"] == "suppressed":
-            values["reason"] = _not_sent(values, suppressed_why)["reason"]
-        writer.writerow([values[c] if values[c] is not None else "" for c in columns])
 
 
 def cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,128 @@
+"""What `mailer report` shows, read from the ledger: counts, runs, failures and who was not
+sent to, as text lines, one JSON object or CSV rows. Printing is the command line's job."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from mailer.ledger import IN_FLIGHT, Ledger
+
+CSV_COLUMNS = ["row", "email", "name", "status", "attempts", "last_code", "last_message",
+               "reason", "updated_at", "sent_at"]
+
+
+@dataclass
+class Report:
+    issue: str
+    counts: dict[str, int]
+    runs: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    not_sent: list[dict[str, Any]]
+    replay_flags: str
+
+    @property
+    def rate(self) -> float | None:
+        """Messages delivered per second over the runs that ended."""
+        seconds = 0.0
+        for run in self.runs:
+            if run["ended_at"]:
+                start = dt.datetime.fromisoformat(run["started_at"])
+                end = dt.datetime.fromisoformat(run["ended_at"])
+                seconds += (end - start).total_seconds()
+        if not seconds:
+            return None
+        return round(sum(r["delivered"] for r in self.runs) / seconds, 1)
+
+    def as_json(self) -> dict[str, Any]:
+        first, last = (self.runs[0], self.runs[-1]) if self.runs else ({}, {})
+        return {
+            "issue": self.issue,
+            **self.counts,
+            "total": sum(self.counts.values()),
+            "started_at": first.get("started_at"),
+            "ended_at": last.get("ended_at"),
+            "runs": len(self.runs),
+            "rate_per_second": self.rate,
+            "failures": self.failures,
+            "not_sent": self.not_sent,
+        }
+
+    def lines(self) -> list[str]:
+        out = [f"Issue {self.issue}: {sum(self.counts.values())} recipients"]
+        out += [f"  {status:<11}{count:>8}" for status, count in self.counts.items()]
+        for run in self.runs:
+            out.append(
+                f"  {run['kind']} run {run['id']}: {run['started_at']} to "
+                f"{run['ended_at'] or '(not ended)'}, {run['outcome'] or 'interrupted'}, "
+                f"{run['delivered']} delivered"
+            )
+        if self.rate is not None:
+            delivered = sum(r["delivered"] for r in self.runs)
+            out.append(f"  {delivered} delivered at {self.rate:.1f} messages/s")
+        if self.failures:
+            out.append("Failures:")
+            for f in self.failures:
+                reply = f["last_message"] or ""
+                if not reply.startswith(str(f["last_code"])):
+                    reply = f"{f['last_code'] or '-'} {reply}"
+                out.append(f"  {f['email']}  {f['status']}  after {f['attempts']} attempt(s): {reply}")
+            out.append(f"Retry with: mailer replay {self.issue}{self.replay_flags}")
+        if self.not_sent:
+            out.append("Not sent:")
+            for n in self.not_sent:
+                out.append(f"  {n['email'] or '(empty)'}  {n['status']}  row {n['row']}: {n['reason']}")
+        return out
+
+
+def gather(ledger: Ledger, issue: str) -> Report:
+    counts = ledger.counts(issue)
+    problems = [dict(r) for r in ledger.rows(issue, ["failed", "in_doubt", IN_FLIGHT])]
+    why = ledger.suppression_reasons(issue)
+    flags = (" --in-doubt" if counts["in_doubt"] else "") + (
+        " --permanent" if any(r["status"] == "failed" and r["permanent"] for r in problems) else ""
+    )
+    return Report(
+        issue=issue,
+        counts=counts,
+        runs=[dict(r) for r in ledger.runs(issue)],
+        failures=[_failure(r) for r in problems],
+        not_sent=[_not_sent(dict(r), why) for r in ledger.rows(issue, ["skipped", "suppressed"])],
+        replay_flags=flags,
+    )
+
+
+def write_csv(ledger: Ledger, issue: str, out: TextIO) -> None:
+    """One row per recipient, for a spreadsheet."""
+    why = ledger.suppression_reasons(issue)
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for row in ledger.rows(issue):
+        values = dict(row)
+        if values["status"] == IN_FLIGHT:
+            values["status"] = "in_doubt"
+        elif values["status"] == "suppressed":
+            values["reason"] = _not_sent(values, why)["reason"]
+        writer.writerow([values[c] if values[c] is not None else "" for c in CSV_COLUMNS])
+
+
+def _not_sent(row: dict[str, Any], why: dict[str, str]) -> dict[str, Any]:
+    reason = row["reason"] or ""
+    if row["status"] == "suppressed":
+        reason = "on the suppression list: " + why.get(row["key"], "(since lifted)")
+    return {"email": row["email"], "row": row["row"], "status": row["status"], "reason": reason}
+
+
+def _failure(row: dict[str, Any]) -> dict[str, Any]:
+    status = "in_doubt" if row["status"] in ("in_doubt", IN_FLIGHT) else row["status"]
+    if status == "failed":
+        status = "failed (permanent)" if row["permanent"] else "failed (after retries)"
+    return {
+        "email": row["email"],
+        "status": status,
+        "attempts": row["attempts"],
+        "last_code": row["last_code"],
+        "last_message": row["last_message"],
+    }
