@@ -240,6 +240,9 @@ class Delivery:
             self._feed()
         except Exception as exc:  # the ledger could not be read: stop the workers cleanly
             self._halt(RunStopped(f"stopped by an error reading the ledger: {exc}"))
+        except BaseException:  # KeyboardInterrupt outside the command line: finish what is in flight
+            self.stop.set()
+            raise
         finally:
             for worker in workers:
                 worker.join()
