@@ -110,8 +110,9 @@ class Settings(BaseModel):
             return None
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise ValueError("must not contain control characters")
-        if not re.fullmatch(r"[^<>]*<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+\.[A-Za-z0-9.-]+>", value):
-            raise ValueError("must be 'Name <list-id.example.org>' (RFC 2919)")
+        atom = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+        if not value.isascii() or not re.fullmatch(rf"[^<>]*<{atom}(\.{atom})+>", value):
+            raise ValueError("must be 'Name <list-id.example.org>' in ASCII (RFC 2919)")
         return value
 
     @property

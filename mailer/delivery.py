@@ -8,6 +8,7 @@ import heapq
 import itertools
 import logging
 import random
+import re
 import sys
 import threading
 import time
@@ -44,6 +45,8 @@ MAX_BACKOFF = 300.0
 OUTAGE_STREAK = 10
 SWITCH_INTERVAL = 0.0005  # seconds; the interpreter default is 0.005
 OUTAGE_DOMAINS = 3
+# An enhanced status code of class x.1.x (RFC 3463: addressing) is about the recipient.
+_ADDRESS_STATUS = re.compile(r"[245]\d\d[ -][245]\.1\.\d{1,3}\b")
 
 
 @contextlib.contextmanager
@@ -73,6 +76,7 @@ class _Job:
     seq: int
     recipient: Recipient = field(compare=False)
     attempts: int = field(compare=False, default=0)
+    released: int = field(compare=False, default=0)  # times an outage put it back before
 
 
 class _Line:
@@ -149,9 +153,9 @@ class Delivery:
         self._fed = False
         self._busy = 0
         self._abort: TryLater | None = None
-        self._streak: list[tuple[_Job, DeliveryError]] = []  # failures since the last delivery
+        self._streak: dict[str, tuple[_Job, DeliveryError]] = {}  # recipients failed since the last delivery
         self._streak_domains: set[str] = set()
-        self._domains: set[str] = set()  # recipient domains tried, up to OUTAGE_DOMAINS
+        self._list_domains = OUTAGE_DOMAINS  # domains in the list, up to OUTAGE_DOMAINS
 
     # -- the work list --------------------------------------------------------------------
 
@@ -159,14 +163,14 @@ class Delivery:
         """Fill the queue from the ledger; when full, wait until it is half empty, so the
         feeder wakes once per few hundred messages rather than once per message."""
         limit = 256 * self.settings.smtp_connections
-        for recipient, attempts in self.ledger.pending(self.issue):
+        for recipient, attempts, released in self.ledger.pending(self.issue):
             with self._cond:
                 if len(self._queue) >= limit:
                     while len(self._queue) > limit // 2 and not self._stopping():
                         self._room.wait(0.5)
                 if self._stopping():
                     break
-                self._queue.append(_Job(0.0, next(self._seq), recipient, attempts))
+                self._queue.append(_Job(0.0, next(self._seq), recipient, attempts, released))
                 self._cond.notify()
         with self._cond:
             self._fed = True
@@ -225,6 +229,7 @@ class Delivery:
 
     def run(self) -> Tally:
         self.tally.total = self.ledger.counts(self.issue)["pending"]
+        self._list_domains = self.ledger.pending_domains(self.issue, OUTAGE_DOMAINS)
         workers = [
             threading.Thread(target=self._work, name=f"smtp-{n}", daemon=True)
             for n in range(self.settings.smtp_connections)
@@ -261,6 +266,8 @@ class Delivery:
             while (job := self._take(line.settle)) is not None:
                 retry = None
                 try:
+                    if self.pacer.rate is not None:
+                        line.settle()  # a paced wait can be long: record the last success first
                     self.pacer.wait(self.stop)
                     retry = self._attempt(job, transport, line)
                     connect_failures = 0
@@ -294,8 +301,6 @@ class Delivery:
         recipient = job.recipient
         message = self.factory.build(recipient)
         attempts = job.attempts + 1
-        if len(self._domains) < OUTAGE_DOMAINS:
-            self._domains.add(recipient.domain)
         try:
             reply = transport.send(
                 self.sender, recipient.email, message, lambda: line.dot(recipient.key, attempts)
@@ -324,6 +329,7 @@ class Delivery:
             log.warning("%s: in doubt (%s); not resent, see `mailer replay --in-doubt`", email, exc)
             with self._cond:
                 self.tally.in_doubt += 1
+            self._outage(job, exc, ledger)  # a relay dropping after every dot is an outage too
             return None
         if self._outage(job, exc, ledger):
             return None
@@ -349,28 +355,38 @@ class Delivery:
         return None
 
     def _outage(self, job: _Job, exc: DeliveryError, ledger: Ledger) -> bool:
-        """Count a failure in the streak; when the streak looks like the relay's fault, stop
-        the run and put the whole streak back to pending (lifting the suppressions it added)."""
-        if exc.throttled:
-            return False  # the pacer slows the run down; that is what throttling asks for
+        """Count a failure towards an outage; when the streak looks like the relay's fault,
+        stop the run and put the streak back to pending (lifting the suppressions it added).
+
+        What counts: recipients (not attempts) failing with no delivery between them, across
+        OUTAGE_DOMAINS domains (or all the list has). What does not: a refusal about the
+        mailbox itself (enhanced status x.1.x), a throttling reply before the message's last
+        attempt (the pacer's business), and a recipient an outage already put back once (its
+        failure is its own now, so an address that always fails cannot keep the run in 75).
+        """
+        own_fault = _ADDRESS_STATUS.match(exc.message) is not None
+        paced = exc.throttled and job.attempts < self.settings.max_attempts
         with self._cond:
             if self._abort is not None:
                 streak = [(job, exc)]  # in flight as the run stopped: pending, like the streak
+            elif own_fault or paced or job.released:
+                return False
             else:
-                self._streak.append((job, exc))
+                self._streak[job.recipient.key] = (job, exc)
                 self._streak_domains.add(job.recipient.domain)
-                enough = min(OUTAGE_DOMAINS, len(self._domains))
-                if len(self._streak) < OUTAGE_STREAK or len(self._streak_domains) < enough:
+                if len(self._streak) < OUTAGE_STREAK or len(self._streak_domains) < self._list_domains:
                     return False
-                streak, self._streak = self._streak, []
-                self._streak_domains = set()
+                streak = list(self._streak.values())
+                self._streak, self._streak_domains = {}, set()
         if len(streak) > 1:
             self._halt(RunStopped(
-                f"{len(streak)} messages in a row refused, none delivered between them "
+                f"{len(streak)} recipients in a row refused, none delivered between them "
                 f"(last: {exc.message}); the relay looks down or is refusing everything; "
                 "stopped early, the rest left pending"
             ))
         for earlier, error in streak:
+            if error.in_doubt:
+                continue  # it may have been delivered: it stays in doubt
             r = earlier.recipient
             answered = earlier is job  # this connection's own message: refused, not in doubt
             released = ledger.release(self.issue, r.key, error.code, error.message, answered=answered)
@@ -378,7 +394,8 @@ class Delivery:
                 ledger.unsuppress_bounce(r.email)
         with self._cond:
             self.tally.failed -= sum(  # those already counted as failed, this one not yet
-                1 for earlier, error in streak[:-1]
-                if not error.transient or earlier.attempts >= self.settings.max_attempts
+                1 for earlier, error in streak
+                if earlier is not job and not error.in_doubt
+                and (not error.transient or earlier.attempts >= self.settings.max_attempts)
             )
         return True

@@ -70,6 +70,11 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX deliveries_status",
         "CREATE INDEX deliveries_queue ON deliveries (issue, status, row, key)",
     ],
+    # 3: how many times a row was put back to pending by an outage; the second time its
+    # failure is its own (an address that always fails must not keep the run in exit 75).
+    [
+        "ALTER TABLE deliveries ADD COLUMN released INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -294,21 +299,30 @@ class Ledger:
         )
         return cursor.rowcount
 
-    def pending(self, issue: str, batch: int = 2000) -> Iterator[tuple[Recipient, int]]:
-        """Pending recipients in list order, with the attempts made so far, read in batches."""
+    def pending(self, issue: str, batch: int = 2000) -> Iterator[tuple[Recipient, int, int]]:
+        """Pending recipients in list order, with the attempts made so far and the times an
+        outage put them back, read in batches."""
         last: tuple[int, str] = (-1, "")
         while True:
             with self.lock:
                 rows = self.db.execute(
-                    "SELECT row, key, email, name, attempts FROM deliveries WHERE issue=? AND "
-                    "status='pending' AND (row, key) > (?, ?) ORDER BY row, key LIMIT ?",
+                    "SELECT row, key, email, name, attempts, released FROM deliveries WHERE issue=? "
+                    "AND status='pending' AND (row, key) > (?, ?) ORDER BY row, key LIMIT ?",
                     (issue, *last, batch),
                 ).fetchall()
             if not rows:
                 return
-            for row, _key, email, name, attempts in rows:
-                yield Recipient(row, email, name), attempts
+            for row, _key, email, name, attempts, released in rows:
+                yield Recipient(row, email, name), attempts, released
             last = (rows[-1][0], rows[-1][1])
+
+    def pending_domains(self, issue: str, enough: int) -> int:
+        """How many domains the pending recipients are at, counting no further than `enough`."""
+        return int(self.db.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT substr(key, instr(key, '@') + 1) FROM deliveries "
+            "WHERE issue=? AND status='pending' LIMIT ?)",
+            (issue, enough),
+        ).fetchone()[0])
 
     def copy_from(self, other: Path, issue: str) -> None:
         """Seed a scratch ledger with another's suppression list and this issue's rows."""
@@ -364,8 +378,9 @@ class Ledger:
         statuses = ("pending", "failed", IN_FLIGHT) if answered else ("pending", "failed")
         with self.lock:
             cursor = self.db.execute(
-                "UPDATE deliveries SET status='pending', attempts=0, permanent=0, last_code=?, "
-                f"last_message=?, updated_at=? WHERE issue=? AND key=? AND status IN {statuses!r}",
+                "UPDATE deliveries SET status='pending', attempts=0, permanent=0, released=released+1, "
+                "last_code=?, last_message=?, updated_at=? "
+                f"WHERE issue=? AND key=? AND status IN {statuses!r}",
                 (code, message, now(), issue, key),
             )
         return cursor.rowcount == 1

@@ -224,11 +224,13 @@ def dry_run(
                 Ledger(real, read_only=True).close()  # refuses a ledger newer than this mailer
                 scratch.copy_from(real, prepared.key)
             plan = plan_list(scratch, prepared.key, rows, subscribers)
+            plan.suppressed += scratch.apply_suppressions(prepared.key)  # as the real run will
+            plan.pending = scratch.counts(prepared.key)["pending"]
             skipped = [
                 (r["row"], r["email"], r["status"], r["reason"] or "on the suppression list")
                 for r in scratch.rows(prepared.key, ["skipped", "suppressed"])
             ]
-            yield DryRun(plan, (r for r, _ in scratch.pending(prepared.key)), skipped)
+            yield DryRun(plan, (r for r, _, _ in scratch.pending(prepared.key)), skipped)
         finally:
             scratch.close()
 

@@ -21,7 +21,7 @@ from typing import Protocol
 from mailer.config import EXAMPLE_SECRET, Settings
 from mailer.errors import ConfigError, ConnectFailed, DeliveryError
 
-_THROTTLE_TEXT = re.compile(r"rate|limit|too many|throttl|slow down|try again later", re.I)
+_THROTTLE_TEXT = re.compile(r"rate|limit|too many|throttl|slow down", re.I)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9@._+-]")
 
 
@@ -229,7 +229,11 @@ class SMTPTransport:
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
             raise DeliveryError(f"connection lost before the final dot: {exc}", transient=True) from None
-        before_dot()
+        try:
+            before_dot()
+        except BaseException:
+            self._drop()  # mid-DATA: a QUIT now would be read as message text, so just close
+            raise
         try:
             smtp.send(b".\r\n")
             code, text = smtp.getreply()

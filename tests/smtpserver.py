@@ -37,6 +37,7 @@ REPLIES = {
     "452 rate": "452 4.7.1 Rate limit exceeded, slow down",
     "421": "421 4.7.0 Too many messages, closing connection",
     "550": "550 5.1.1 No such user here",
+    "550 bare": "550 No such user here",  # no enhanced status code: whose fault is not said
     "554": "554 5.7.1 Message refused",
 }
 

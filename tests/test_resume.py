@@ -85,3 +85,15 @@ def test_an_unsubscribed_duplicate_of_an_international_address_wins(env, smtp, i
     )
     assert main(["send", str(issue_file)]) == 0
     assert smtp.recorder.messages == []
+
+
+def test_the_dry_run_plans_as_the_resume_will_send(env, smtp, issue_file, tmp_path, monkeypatch, capsys):
+    """A pending row of a stopped run, unsubscribed since: the dry run does not list it."""
+    write_subscribers(tmp_path / "subscribers.csv", 5)
+    stopped_run(env, issue_file, monkeypatch)
+    assert main(["unsubscribe", "reader1@example.org"]) == 0
+    capsys.readouterr()
+    assert main(["send", str(issue_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "send  reader1@example.org" not in out
+    assert "4 to send" in out and "1 suppressed" in out

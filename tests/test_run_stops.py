@@ -37,6 +37,7 @@ def test_throttling_slows_the_run_instead_of_stopping_it(env, smtp, issue_file, 
 
 
 def _delivery(tmp_path: Path, issue_file: Path, addresses: list[str]) -> tuple[Delivery, Ledger]:
+    """A delivery over a real ledger, for calling its parts one by one."""
     write_csv(tmp_path / "subscribers.csv", "email\n" + "\n".join(addresses) + "\n")
     settings = load_settings()
     ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
@@ -48,27 +49,61 @@ def _delivery(tmp_path: Path, issue_file: Path, addresses: list[str]) -> tuple[D
     return delivery, ledger
 
 
-def _job(email: str, attempts: int = 1) -> _Job:
-    return _Job(0.0, 0, Recipient(2, email), attempts)
+def _job(email: str, attempts: int = 1, released: int = 0) -> _Job:
+    return _Job(0.0, 0, Recipient(2, email), attempts, released)
 
 
-def test_the_streak_ignores_throttling_and_single_domain_blocks(env, issue_file, tmp_path):
-    """The rule itself, failure by failure: what counts towards an outage and what does not."""
-    addresses = [f"r{n}@d{n % 4}.example.org" for n in range(4 * OUTAGE_STREAK)]
+THROTTLE = DeliveryError("452 4.7.1 Rate limit exceeded", code=452, transient=True, throttled=True)
+NO_MAILBOX = DeliveryError("550 5.1.1 No such user here", code=550, transient=False)
+NO_MAILBOX_BARE = DeliveryError("550 No such user here", code=550, transient=False)
+RELAY_DENIED = DeliveryError("554 5.7.1 Relay access denied", code=554, transient=False)
+DROPPED = DeliveryError("no reply after the final dot", transient=False, in_doubt=True)
+
+
+def test_what_counts_towards_an_outage(env, issue_file, tmp_path):
+    """The rule itself, failure by failure (OUTAGE_STREAK recipients, across the list's
+    domains, with no delivery between them)."""
+    addresses = [f"r{n}@d{n % 4}.example.org" for n in range(6 * OUTAGE_STREAK)]
     delivery, ledger = _delivery(tmp_path, issue_file, addresses)
-    delivery._domains = {"d0.example.org", "d1.example.org", "d2.example.org"}
-    throttle = DeliveryError("452 4.7.1 Rate limit exceeded", code=452, transient=True, throttled=True)
-    for n in range(3 * OUTAGE_STREAK):  # throttling, however long: the pacer's business
-        assert delivery._outage(_job(addresses[n]), throttle, ledger) is False
-    dead = DeliveryError("550 5.1.1 No such domain", code=550, transient=False)
-    for n in range(3 * OUTAGE_STREAK):  # one dead domain, however many addresses at it
-        assert delivery._outage(_job(f"u{n}@d0.example.org"), dead, ledger) is False
+    delivery._list_domains = 3  # what run() would find in this list
+    fresh = iter(addresses)
+
+    def fails(error: DeliveryError, **job: int) -> bool:
+        return delivery._outage(_job(next(fresh), **job), error, ledger)
+
+    assert not any(fails(THROTTLE) for _ in range(2 * OUTAGE_STREAK))  # the pacer's business
+    assert not any(fails(NO_MAILBOX) for _ in range(2 * OUTAGE_STREAK))  # the address's own fault
+    assert not any(fails(RELAY_DENIED, released=1) for _ in range(OUTAGE_STREAK))  # put back once
+    same = _job("again@d1.example.org")
+    assert not any(delivery._outage(same, RELAY_DENIED, ledger) for _ in range(2 * OUTAGE_STREAK))
     assert delivery._abort is None
-    refused = DeliveryError("554 5.7.1 Relay access denied", code=554, transient=False)
-    tripped = [delivery._outage(_job(addresses[n]), refused, ledger) for n in range(1, 3)]
-    assert tripped == [False, True]  # three domains now: the relay's fault, the run stops
+    # then the relay's fault: with `again@` above, OUTAGE_STREAK distinct recipients at three
+    # domains, counting a throttled last attempt and a message dropped after its dot
+    results = [fails(RELAY_DENIED) for _ in range(OUTAGE_STREAK - 5)]
+    results += [fails(THROTTLE, attempts=env_attempts(env)) for _ in range(2)]
+    results += [fails(DROPPED), fails(NO_MAILBOX_BARE)]
+    assert results == [False] * (OUTAGE_STREAK - 2) + [True]
     assert isinstance(delivery._abort, RunStopped)
     ledger.close()
+
+
+def env_attempts(env: dict[str, str]) -> int:
+    return int(env["MAILER_MAX_ATTEMPTS"])
+
+
+def test_a_single_domain_list_of_bad_mailboxes_stops_once_then_fails_them(env, smtp, issue_file, tmp_path):
+    """A list all at one domain with a dozen dead mailboxes (no enhanced status to tell):
+    the first run takes it for an outage; the next records those failures and finishes."""
+    good = [f"staff{n}@corp.example.org" for n in range(6)]
+    bad = [f"gone{n}@corp.example.org" for n in range(OUTAGE_STREAK + 2)]
+    write_csv(tmp_path / "subscribers.csv", "email\n" + "\n".join([*good[:3], *bad, *good[3:]]) + "\n")
+    smtp.recorder.default = lambda rcpt, attempt: "rcpt:550 bare" if rcpt.startswith("gone") else "ok"
+    first = main(["send", str(issue_file)])
+    second = main(["send", str(issue_file)])
+    assert (first, second) == (75, 1)
+    rows = ledger_rows(tmp_path / "state", ISSUE)
+    assert all(rows[a]["status"] == "failed" for a in bad)
+    assert smtp.recorder.received() == dict.fromkeys(good, 1)
 
 
 def test_a_block_of_addresses_at_one_dead_domain_is_not_an_outage(env, smtp, issue_file, tmp_path):
@@ -148,3 +183,42 @@ def test_outbox_names_never_collide(env, issue_file, tmp_path):
     outbox = tmp_path / "outbox"
     assert main(["send", str(issue_file), "--outbox", str(outbox)]) == 0
     assert len(list(Path(outbox).glob("*.eml"))) == 3
+
+
+def test_a_relay_dropping_after_every_dot_stops_the_run_with_few_in_doubt(env, smtp, issue_file, tmp_path):
+    """Not the whole list in doubt (each would need `replay --in-doubt`, risking two copies):
+    the run stops after about OUTAGE_STREAK, the rest pending."""
+    write_subscribers(tmp_path / "subscribers.csv", 60)
+    smtp.recorder.default = lambda rcpt, attempt: "drop-dot"
+    assert main(["send", str(issue_file)]) == 75
+    rows = ledger_rows(tmp_path / "state", ISSUE)
+    in_doubt = [a for a, r in rows.items() if r["status"] == "in_doubt"]
+    # the streak, plus at most one more per connection in flight when it tripped
+    assert OUTAGE_STREAK <= len(in_doubt) <= OUTAGE_STREAK + int(env["MAILER_SMTP_CONNECTIONS"])
+    assert {r["status"] for r in rows.values()} == {"in_doubt", "pending"}
+
+
+def test_under_a_rate_limit_a_success_is_recorded_before_the_wait(
+    env, smtp, issue_file, tmp_path, monkeypatch
+):
+    """With a slow pace, a delivered message must not sit in the ledger as in flight (in
+    doubt after a crash) for the whole wait before the next one."""
+    monkeypatch.setenv("MAILER_RATE_LIMIT", "4")
+    monkeypatch.setenv("MAILER_SMTP_CONNECTIONS", "1")
+    write_subscribers(tmp_path / "subscribers.csv", 6)
+    seen: list[int] = []
+    original = smtp.recorder.fault
+
+    def watch(rcpt: str) -> str:
+        # when a message reaches the server, every earlier one is recorded as sent
+        seen.append(ledger_counts_sent(tmp_path))
+        return original(rcpt)
+
+    smtp.recorder.fault = watch  # type: ignore[method-assign]
+    assert main(["send", str(issue_file)]) == 0
+    assert seen == list(range(6))
+
+
+def ledger_counts_sent(tmp_path: Path) -> int:
+    rows = ledger_rows(tmp_path / "state", ISSUE)
+    return sum(1 for r in rows.values() if r["status"] == "sent")
