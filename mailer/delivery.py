@@ -37,13 +37,12 @@ log = logging.getLogger("mailer")
 
 LOCK_NAME = "send.lock"
 MAX_BACKOFF = 300.0
-# Failures in a row with no delivery between them, across several domains, say more about the
-# relay than about the addresses: the run stops there (exit 75) and those recipients go back
-# to pending, so an outage or a relay refusing everything never burns through the list
-# marking it failed. Throttling replies are left to the pacer; a block of addresses at one
-# dead domain is not an outage (unless the whole list is at that domain).
+SWITCH_INTERVAL = 0.0005  # seconds, during delivery; the interpreter's default is 0.005
+# Recipients failing in a row with no delivery between them, across several domains, say more
+# about the relay than about the addresses: the run stops there (exit 75) and they go back to
+# pending, so an outage or a relay refusing everything never burns through the list marking
+# it failed. The details of what counts are in Delivery._outage.
 OUTAGE_STREAK = 10
-SWITCH_INTERVAL = 0.0005  # seconds; the interpreter default is 0.005
 OUTAGE_DOMAINS = 3
 # An enhanced status code of class x.1.x (RFC 3463: addressing) is about the recipient.
 _ADDRESS_STATUS = re.compile(r"[245]\d\d[ -][245]\.1\.\d{1,3}\b")
