@@ -86,19 +86,29 @@ def _deliver(
     outcome: Outcome,
     stop: threading.Event,
     *,
+    kind: str,
+    ready: Callable[[], None],
     lift_bounces: bool = False,
 ) -> Outcome:
+    """What every run does, in order: settle a crash's messages in flight, make the rows ready
+    (`ready`: the plan of the list, or the failures reset), then deliver inside a run record."""
+    outcome.recovered = ledger.recover(prepared.key)
+    if outcome.recovered:
+        log.warning("%d message(s) were in flight at a crash: now in doubt", outcome.recovered)
+    ready()
+    # unsubscribed since the plan, or since the run that left these pending stopped
+    ledger.apply_suppressions(prepared.key, except_bounces=lift_bounces)
+    run_id = ledger.start_run(prepared.key, kind)
     delivery = Delivery(
         ledger, prepared.key, factory, transports, settings,
         stop=stop, tally=outcome.tally, lift_bounces=lift_bounces,
     )
-    # unsubscribed since the plan, or since the run that left these pending stopped
-    ledger.apply_suppressions(prepared.key, except_bounces=lift_bounces)
     try:
         delivery.run()
     except TryLater as exc:
         outcome.error = exc
     outcome.counts = ledger.counts(prepared.key)
+    ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
     return outcome
 
 
@@ -120,14 +130,13 @@ def send(
     outcome = Outcome(prepared.key, {}, tally or Tally(), state_dir=state_dir)
     with run_lock(state_dir):
         ledger = Ledger.in_dir(state_dir)
-        try:
-            outcome.recovered = ledger.recover(prepared.key)
-            if outcome.recovered:
-                log.warning("%d message(s) were in flight at a crash: now in doubt", outcome.recovered)
+
+        def ready() -> None:
             outcome.plan = plan_list(ledger, prepared.key, rows, subscribers)
-            run_id = ledger.start_run(prepared.key, "outbox" if outbox else "send")
-            _deliver(ledger, prepared, factory, transports, settings, outcome, stop)
-            ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
+
+        try:
+            _deliver(ledger, prepared, factory, transports, settings, outcome, stop,
+                     kind="outbox" if outbox else "send", ready=ready)
         finally:
             ledger.close()
     return outcome
@@ -158,15 +167,13 @@ def replay(
     outcome = Outcome(prepared.key, {}, tally or Tally(), state_dir=settings.state_dir)
     with run_lock(settings.state_dir):
         ledger = open_ledger(settings.state_dir, prepared.key)
+
+        def ready() -> None:
+            outcome.replayed = ledger.reset_for_replay(prepared.key, in_doubt=in_doubt, permanent=permanent)
+
         try:
-            outcome.recovered = ledger.recover(prepared.key)
-            outcome.replayed = ledger.reset_for_replay(
-                prepared.key, in_doubt=in_doubt, permanent=permanent
-            )
-            run_id = ledger.start_run(prepared.key, "replay")
             _deliver(ledger, prepared, factory, transports, settings, outcome, stop,
-                     lift_bounces=permanent)
-            ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
+                     kind="replay", ready=ready, lift_bounces=permanent)
         finally:
             ledger.close()
     return outcome
@@ -257,7 +264,11 @@ def test_send(
         ledger = Ledger(Path(scratch_dir) / FILE_NAME)
         try:
             outcome = Outcome(prepared.key, {}, Tally(), state_dir=Path(scratch_dir))
-            outcome.plan = ledger.plan(prepared.key, recipients)
-            return _deliver(ledger, prepared, factory, transports, settings, outcome, stop)
+
+            def ready() -> None:
+                outcome.plan = ledger.plan(prepared.key, recipients)
+
+            return _deliver(ledger, prepared, factory, transports, settings, outcome, stop,
+                            kind="test", ready=ready)
         finally:
             ledger.close()
