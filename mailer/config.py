@@ -31,11 +31,16 @@ def _https_url(value: str | None) -> str | None:
     return value
 
 
+def _no_controls(value: str) -> None:
+    """A value that goes into a header: no line break or other control character."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+
+
 def _single_address(value: str | None) -> str | None:
     if value is None:
         return None
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters")
+    _no_controls(value)
     pairs = getaddresses([value])
     if len(pairs) != 1 or "@" not in pairs[0][1]:
         raise ValueError("must be one address, such as 'Name <news@example.org>'")
@@ -108,8 +113,7 @@ class Settings(BaseModel):
     def _check_list_id(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise ValueError("must not contain control characters")
+        _no_controls(value)
         atom = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
         if not value.isascii() or not re.fullmatch(rf"[^<>]*<{atom}(\.{atom})+>", value):
             raise ValueError("must be 'Name <list-id.example.org>' in ASCII (RFC 2919)")
