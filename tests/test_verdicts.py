@@ -53,7 +53,8 @@ REPLIES = [
      "4.2.2 The recipient's inbox is out of storage space and inbound mail has been suspended.",
      V.TRANSIENT),
     ("exchange", "dot", 554,
-     "5.2.2 mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException.MapiExceptionShutoffQuotaExceeded",
+     "5.2.2 mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException."
+     "MapiExceptionShutoffQuotaExceeded",
      V.REFUSED),
     ("exim", "dot", 552, "5.2.2 Mailbox quota exceeded", V.REFUSED),
     ("postfix", "mail", 452, "4.3.1 Insufficient system storage", V.THROTTLED),
@@ -63,7 +64,8 @@ REPLIES = [
     ("postfix", "rcpt", 554, "5.7.1 <blocked@example.org>: Recipient address rejected: Access denied",
      V.REFUSED),
     ("exchange", "rcpt", 550,
-     "5.4.1 Recipient address rejected: Access denied. AS(201806281) [BN8NAM12FT036.eop-nam12.prod.protection.outlook.com]",
+     "5.4.1 Recipient address rejected: Access denied. AS(201806281) "
+     "[BN8NAM12FT036.eop-nam12.prod.protection.outlook.com]",
      V.REFUSED),
     ("exchange", "rcpt", 550,
      "5.7.708 Service unavailable. Access denied, traffic not accepted from this IP.", V.REFUSED),
@@ -145,6 +147,9 @@ def test_real_replies(relay, stage, code, text, expected):
     assert verdict(stage, code, text) is expected, rule_for(stage, code, text).why
 
 
+MAILBOX = {"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"}
+
+
 def test_only_a_mailbox_status_at_rcpt_ever_suppresses():
     """Whatever the stage and code, BAD_ADDRESS needs RCPT, a 5xx and one of five statuses."""
     statuses = ["5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.1.0", "5.1.4", "5.1.8", "5.2.2",
@@ -153,7 +158,7 @@ def test_only_a_mailbox_status_at_rcpt_ever_suppresses():
         for code in (421, 450, 451, 452, 454, 500, 550, 552, 553, 554):
             for status in statuses:
                 got = verdict(stage, code, f"{status} reply text".strip())
-                bad = stage == "rcpt" and code >= 500 and status in {"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"}
+                bad = stage == "rcpt" and code >= 500 and status in MAILBOX
                 assert (got is V.BAD_ADDRESS) == bad, (stage, code, status, got)
 
 
