@@ -11,13 +11,15 @@ class Pacer:
     """A shared pace for all connections of a run (messages per second, 0 = as fast as allowed).
 
     A throttling reply halves the rate (from the configured limit, or from the rate observed
-    just before, when there is none); each success afterwards raises it a little, so the run
-    speeds up again gradually rather than hitting the relay at full speed at once. The
-    replies to messages already in flight when the relay started refusing say nothing new,
-    so the rate is halved at most once per HOLD seconds.
+    just before, when there is none), another transient refusal lowers it by a tenth (a
+    greylisting relay or a full mailbox must not slow a long list to a crawl); each success
+    afterwards raises it a little, so the run speeds up again gradually rather than hitting
+    the relay at full speed at once. The replies to messages already in flight when the relay
+    started refusing say nothing new, so the rate is lowered at most once per HOLD seconds.
     """
 
     MIN_RATE = 0.5
+    GENTLE = 0.9  # the factor for a transient refusal that is not throttling
     RECOVERY = 0.05  # fraction of the current rate regained per success
     HOLD = 1.0
 
@@ -60,7 +62,8 @@ class Pacer:
             elif self.rate >= self._unthrottled:
                 self.rate = None  # back to what the run did before throttling: no limit again
 
-    def throttle(self) -> None:
+    def throttle(self, factor: float = 0.5) -> None:
+        """Slow down: by half for a throttling reply, by `factor` for another transient one."""
         with self._lock:
             self.throttled += 1
             now = time.monotonic()
@@ -70,7 +73,7 @@ class Pacer:
             if self.rate is None:
                 self._unthrottled = self._observed()
             current = self.rate if self.rate is not None else self._unthrottled
-            self.rate = max(self.MIN_RATE, current / 2)
+            self.rate = max(self.MIN_RATE, current * factor)
 
     def _observed(self) -> float:
         if len(self._recent) < 2:
