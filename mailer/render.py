@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from importlib import resources
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from markupsafe import escape
 from premailer import Premailer
 
 from mailer.config import Settings
-from mailer.errors import InputError
+from mailer.errors import ConfigError, InputError
 from mailer.issue import Issue
 
 SLOTS = ("greeting", "email", "unsubscribe_url")
@@ -30,12 +31,17 @@ DEFAULT_LIST_NAME = "The Top Ten"
 inline_runs = 0
 
 
-def templates_dir() -> Path:
-    """`templates/` in the working directory when there is one, else the project's own."""
+def templates_dir(setting: Path | None = None) -> Path:
+    """`MAILER_TEMPLATES_DIR`, else `templates/` in the working directory when there is one,
+    else the templates installed with the package."""
+    if setting is not None:
+        if not setting.is_dir():
+            raise ConfigError(f"MAILER_TEMPLATES_DIR: no such folder: {setting}")
+        return setting
     local = Path("templates")
     if (local / "email.html.j2").is_file():
         return local
-    return Path(__file__).resolve().parent.parent / "templates"
+    return Path(str(resources.files("mailer.templates")))
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ def render_issue(issue: Issue, settings: Settings, templates: Path | None = None
     nonce = secrets.token_hex(6)
     markers = {slot: f"mailerslot-{slot.replace('_', '-')}-{nonce}" for slot in SLOTS}
     env = Environment(
-        loader=FileSystemLoader(templates or templates_dir()),
+        loader=FileSystemLoader(templates or templates_dir(settings.templates_dir)),
         autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
