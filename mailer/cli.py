@@ -80,8 +80,10 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     Example: mailer validate issues/2026-11-24.json
     """
     path = _issue_path(args, settings)
-    issue = load_issue(path)
+    prepared = prepare(path, settings)  # rendered too: the warnings include the HTML's size
+    issue = prepared.issue
     _out(f"{path}: valid: {issue.date}, {len(issue.stories)} stories, subject {issue.subject!r}")
+    _print_warnings(prepared)
     return EXIT_OK
 
 
@@ -120,8 +122,8 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     for name in missing:
         _out(f"note: MAILER_{name.rstrip('_').upper()} is not set; the preview uses a placeholder")
     _print_warnings(prepared)
-    if args.open:
-        webbrowser.open(paths[0].resolve().as_uri())
+    if args.open and not webbrowser.open(paths[0].resolve().as_uri()):
+        _out(f"note: no web browser found to open it; open {paths[0]} yourself")
     return EXIT_OK
 
 
@@ -139,7 +141,6 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     if args.dry_run:
         return _print_dry_run(prepared, settings, subscribers, args.outbox)
     if args.to:
-        log.info("test send of %s to %s", prepared.key, ", ".join(args.to))
         outcome = _with_signals(
             lambda stop: test_send(prepared, settings, args.to, outbox=args.outbox, stop=stop)
         )

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
-from importlib import resources
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parseaddr
+from importlib import resources
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape

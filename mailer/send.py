@@ -72,6 +72,10 @@ class Outcome:
 def transport_factory(settings: Settings, outbox: Path | None) -> Callable[[], Transport]:
     """Outbox when asked for, else SMTP: checked now, before any connection."""
     if outbox is not None:
+        try:  # a test send has no ledger in the folder to create it
+            outbox.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--outbox {outbox}: cannot create the folder: {exc.strerror}") from None
         return lambda: OutboxTransport(outbox)
     check_smtp_settings(settings)
     return lambda: SMTPTransport(settings)
@@ -259,6 +263,7 @@ def test_send(
             raise InputError(f"--to {raw}: {exc}") from None
     factory = MessageFactory(prepared.rendered, settings, test=True)
     transports = transport_factory(settings, outbox)
+    log.info("test send of %s to %s", prepared.key, ", ".join(addresses))  # once the settings pass
     stop = stop or threading.Event()
     with tempfile.TemporaryDirectory(prefix="mailer-test-send-") as scratch_dir:
         ledger = Ledger(Path(scratch_dir) / FILE_NAME)

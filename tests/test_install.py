@@ -109,4 +109,5 @@ def test_mailer_templates_dir_wins_over_the_installed_templates(installed, tmp_p
     (work / ".env").write_text(f"MAILER_TEMPLATES_DIR={tmp_path / 'missing'}\n", encoding="utf-8")
     done = run(installed, work, "preview", str(EXAMPLE_ISSUE))
     assert done.returncode == 2
-    assert done.stderr.strip() == f"mailer preview: MAILER_TEMPLATES_DIR: no such folder: {tmp_path / 'missing'}"
+    missing = tmp_path / "missing"
+    assert done.stderr.strip() == f"mailer preview: MAILER_TEMPLATES_DIR: no such folder: {missing}"
