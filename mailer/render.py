@@ -16,9 +16,7 @@ from email.utils import parseaddr
 from importlib import resources
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
 from markupsafe import escape
-from premailer import Premailer
 
 from mailer.config import Settings
 from mailer.errors import ConfigError, InputError
@@ -77,6 +75,8 @@ def greeting(name: str) -> str:
 def render_issue(issue: Issue, settings: Settings, templates: Path | None = None) -> RenderedIssue:
     """Render both parts of the email with slot markers, and inline the HTML's CSS once."""
     global inline_runs
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+
     nonce = secrets.token_hex(6)
     markers = {slot: f"mailerslot-{slot.replace('_', '-')}-{nonce}" for slot in SLOTS}
     env = Environment(
@@ -117,6 +117,8 @@ def inline_css(html: str) -> str:
     `<img width="552" height="311">` into `width="100%" height="auto"`, and the 600px container
     into 100%); Outlook reads only the attributes, so the template's must stay.
     """
+    from premailer import Premailer  # with cssutils and requests: imported only to render
+
     return Premailer(
         html,
         allow_network=False,

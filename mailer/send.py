@@ -14,7 +14,7 @@ from mailer.config import Settings
 from mailer.delivery import Delivery, Tally, run_lock
 from mailer.errors import InputError, SubscribersError, TryLater
 from mailer.issue import Issue, content_warnings, load_issue
-from mailer.ledger import FILE_NAME, Ledger, PlanCounts
+from mailer.ledger import FILE_NAME, Ledger, PlanCounts, open_ledger
 from mailer.message import MessageFactory
 from mailer.render import RenderedIssue, render_issue
 from mailer.subscribers import Recipient, SkippedRow, check_address, read_subscribers
@@ -192,18 +192,6 @@ def replay_candidates(
         return ledger.replay_candidates(issue, in_doubt=in_doubt, permanent=permanent)
     finally:
         ledger.close()
-
-
-def open_ledger(state_dir: Path, issue: str | None = None, *, read_only: bool = False) -> Ledger:
-    """The ledger of a state directory that must already hold this issue."""
-    path = state_dir / FILE_NAME
-    if not path.is_file():
-        raise InputError(f"{path}: no ledger here; nothing has been sent from this state directory")
-    ledger = Ledger(path, read_only=read_only)
-    if issue is not None and not ledger.has_issue(issue):
-        ledger.close()
-        raise InputError(f"{path}: issue {issue} has never been sent from here")
-    return ledger
 
 
 def _outcome_word(outcome: Outcome) -> str:
