@@ -88,7 +88,8 @@ class Relay:
 
     def messages(self, box: str = "all") -> list[Path]:
         folder = self.maildir(box)
-        return sorted(p for sub in ("new", "cur") if (folder / sub).is_dir() for p in (folder / sub).iterdir())
+        found = [p for sub in ("new", "cur") if (folder / sub).is_dir() for p in (folder / sub).iterdir()]
+        return sorted(found)
 
     def delivered(self, address: str) -> int:
         """How many messages reached `address` (by the Delivered-To header Postfix adds)."""
