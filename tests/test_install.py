@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -111,3 +112,22 @@ def test_mailer_templates_dir_wins_over_the_installed_templates(installed, tmp_p
     assert done.returncode == 2
     missing = tmp_path / "missing"
     assert done.stderr.strip() == f"mailer preview: MAILER_TEMPLATES_DIR: no such folder: {missing}"
+
+
+def test_a_templates_folder_in_the_working_directory_wins_over_the_installed_one(installed, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "templates", work / "templates")
+    text = work / "templates" / "email.txt.j2"
+    text.write_text("OUR FOLDER'S TEXT\n" + text.read_text(encoding="utf-8"), encoding="utf-8")
+    done = run(installed, work, "preview", str(EXAMPLE_ISSUE))
+    assert done.returncode == 0, done.stderr
+    assert (work / "preview" / "2026-11-24.txt").read_text(encoding="utf-8").startswith("OUR FOLDER'S TEXT")
+
+
+def test_the_editable_install_finds_the_same_defaults(tmp_path, monkeypatch):
+    """The environment the tests run in is `pip install -e .`: its installed templates are
+    the project's own folder, found from any directory."""
+    from mailer.render import templates_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert templates_dir().resolve() == (ROOT / "templates").resolve()
