@@ -73,6 +73,7 @@ class Settings(BaseModel):
     subscribers: Path = Path("subscribers.csv")
     issues_dir: Path = Path("issues")
     state_dir: Path = Path("state")
+    templates_dir: Path | None = None
 
     _check_from = field_validator("from_", "reply_to")(_single_address)
     _check_donate = field_validator("donate_url")(_https_url)
