@@ -424,7 +424,7 @@ class Delivery:
         if exc.transient:  # transient refusals slow the whole run, whatever their text
             self.pacer.throttle(0.5 if exc.throttled else Pacer.GENTLE)
         with self._refusals:
-            if self._abort is not None:  # in flight as the run stopped: pending, like the rest
+            if self._abort is not None and not exc.in_doubt:  # in flight as the run stopped
                 ledger.release(self.issue, key, exc.code, exc.message, answered=True, count=False)
                 return None
             if exc.throttled:  # the slower pace is the answer: no attempt spent
@@ -444,6 +444,8 @@ class Delivery:
                     "%s: in doubt (%s); most such messages were delivered: not resent, see `mailer report`",
                     email, exc,
                 )
+                if self._abort is not None:
+                    return None
             undo = self.outage.refused(key, job.recipient.domain, refusal)
             if undo is not None:
                 self._stop_for_outage(undo, job, exc)

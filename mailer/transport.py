@@ -21,7 +21,19 @@ from typing import Protocol
 
 from mailer.config import EXAMPLE_SECRET, Settings
 from mailer.errors import ConfigError, ConnectFailed, DeliveryError
-from mailer.verdicts import AUTH, CONNECT, DATA, DOT, EHLO, MAIL, RCPT, STARTTLS, Verdict, verdict
+from mailer.verdicts import (
+    AUTH,
+    CONNECT,
+    DATA,
+    DOT,
+    EHLO,
+    MAIL,
+    RCPT,
+    STARTTLS,
+    Verdict,
+    answered_stage,
+    verdict,
+)
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9@._+-]")
 _SETTING_FOR_STAGE = {
@@ -252,7 +264,7 @@ class SMTPTransport:
                 smtp.putcmd(command)
                 code, text = smtp.getreply()
                 if code not in accepted:
-                    raise self._refused(stage, code, text)
+                    raise self._refused(answered_stage(stage, _text(text), sender, recipient), code, text)
             return
         # RFC 2920: DATA ends the group; every reply is read before acting on any of them.
         smtp.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
@@ -263,13 +275,14 @@ class SMTPTransport:
                 raise self._refused(stage, code, text)
             replies.append((code, text))
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
+        rcpt_stage = answered_stage(RCPT, _text(rcpt_text), sender, recipient)
         if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
             smtp.send(b".\r\n")  # a server that said 354 anyway gets an empty message ended
             smtp.getreply()
         if mail_code != 250:
             raise self._refused(MAIL, mail_code, mail_text)
         if rcpt_code not in (250, 251):
-            raise self._refused(RCPT, rcpt_code, rcpt_text)
+            raise self._refused(rcpt_stage, rcpt_code, rcpt_text)
         if data_code != 354:
             raise self._refused(DATA, data_code, data_text)
 

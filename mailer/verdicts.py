@@ -90,6 +90,17 @@ def enhanced_status(code: int, text: str) -> str:
     return found.group(0)
 
 
+def answered_stage(stage: str, text: str, sender: str, recipient: str) -> str:
+    """The stage a reply is really about. Postfix checks the sender at RCPT time by default
+    (smtpd_delay_reject), so a refusal of the sender can come as the reply to RCPT TO: one
+    naming the envelope sender and not the recipient is a reply to MAIL FROM."""
+    lowered = text.lower()
+    if stage == RCPT and sender.lower() != recipient.lower() and f"<{sender.lower()}>" in lowered \
+            and f"<{recipient.lower()}>" not in lowered:
+        return MAIL
+    return stage
+
+
 def rule_for(stage: str, code: int, text: str) -> Rule:
     """The row of the table deciding a reply to `stage` (one of STAGES)."""
     if stage not in STAGES:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailer.verdicts import STAGES, TABLE, Verdict, enhanced_status, rule_for, verdict
+from mailer.verdicts import STAGES, TABLE, Verdict, answered_stage, enhanced_status, rule_for, verdict
 
 V = Verdict
 
@@ -184,3 +184,15 @@ def test_every_stage_has_an_answer_and_an_unknown_stage_is_refused():
     with pytest.raises(ValueError):
         verdict("helo", 550, "")
     assert all(rule.why for rule in TABLE)
+
+
+def test_a_refusal_naming_the_sender_at_rcpt_is_about_the_sender():
+    """Postfix with smtpd_delay_reject=yes (its default) refuses the sender at RCPT time."""
+    late = "5.1.0 <notowned@example.org>: Sender address rejected: not owned by user"
+    stage = answered_stage("rcpt", late, "notowned@example.org", "ann@example.org")
+    assert stage == "mail" and verdict(stage, 553, late) is V.CONFIG
+    own = "5.1.1 <ann@example.org>: Recipient address rejected: User unknown"
+    assert answered_stage("rcpt", own, "news@example.org", "ann@example.org") == "rcpt"
+    both = "5.7.1 <ann@example.org>: Recipient address rejected: <news@example.org> may not send"
+    assert answered_stage("rcpt", both, "news@example.org", "ann@example.org") == "rcpt"
+    assert answered_stage("dot", late, "notowned@example.org", "ann@example.org") == "dot"
