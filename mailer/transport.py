@@ -165,6 +165,9 @@ class SMTPTransport:
                 f"{setting}: {where}: TLS certificate not trusted: {exc.verify_message}",
                 verdict=Verdict.CONFIG,
             ) from None
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError) as exc:
+            # the connection dropped during the handshake: the network's or the relay's trouble
+            raise ConnectFailed(f"{where}: TLS handshake cut short: {exc}") from None
         except ssl.SSLError as exc:
             raise ConnectFailed(
                 f"MAILER_SMTP_SECURITY: {where}: TLS failed: {exc.reason}", verdict=Verdict.CONFIG

@@ -71,6 +71,7 @@ class Recorder:
     max_sessions: int | None = None
     live: int = 0
     turned_away: int = 0
+    mail_commands: int = 0  # MAIL FROM commands received, accepted or not
 
     @property
     def connections(self) -> int:
@@ -105,6 +106,8 @@ class Recorder:
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802
+        with self.lock:
+            self.mail_commands += 1
         if self.mail_reply is not None:
             return REPLIES[self.mail_reply]
         envelope.mail_from = address

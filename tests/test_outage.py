@@ -204,7 +204,7 @@ def test_the_sender_refused_is_exit_2_at_once_and_fails_no_one(
     assert c["failed"] == 0 and c["pending"] == 300 and s == []
     err = capsys.readouterr().err
     assert "MAILER_FROM" in err and "553 5.1.8" in err
-    assert sum(smtp.recorder.attempts.values()) <= int(env["MAILER_SMTP_CONNECTIONS"])
+    assert 1 <= smtp.recorder.mail_commands <= int(env["MAILER_SMTP_CONNECTIONS"])  # stopped at once
     smtp.recorder.mail_reply = None
     assert main(["send", str(issue_file)]) == 0  # the setting fixed: everyone, once
     assert len(smtp.recorder.received()) == 300 and set(smtp.recorder.received().values()) == {1}
@@ -230,6 +230,7 @@ def test_an_unreachable_relay_is_one_warning_per_problem(
     monkeypatch.setenv("MAILER_SMTP_PORT", str(free_port()))  # nothing listens there
     write_subscribers(tmp_path / "subscribers.csv", 20)
     assert main(["send", str(issue_file)]) == 75
-    err = capsys.readouterr().err
-    assert err.count("WARNING") == 1, err
-    assert "Connection refused" in err
+    lines = capsys.readouterr().err.splitlines()
+    warnings = [line for line in lines if " WARNING " in line and "cannot reach" in line]
+    assert len(warnings) == 1 and "Connection refused" in warnings[0], lines
+    assert sum("cannot reach" in line for line in lines) <= 3  # that warning, the stop, the summary

@@ -215,3 +215,24 @@ def test_implicit_tls_with_an_untrusted_certificate_is_refused(tls_env, issue_fi
     assert main(["send", str(issue_file)]) == 2
     assert "certificate" in capsys.readouterr().err.lower()
     everyone_pending(env)
+
+
+def test_a_relay_offering_no_auth_while_credentials_are_set_is_exit_2_naming_the_setting(
+    tls_env, issue_file, env, capsys, monkeypatch
+):
+    monkeypatch.setenv("MAILER_SMTP_USER", USER)
+    monkeypatch.setenv("MAILER_SMTP_PASSWORD", PASSWORD)
+    server = tls_env(start_server(), security="none")  # loopback, no AUTH offered
+    assert main(["send", str(issue_file)]) == 2
+    err = capsys.readouterr().err
+    assert "MAILER_SMTP_USER" in err and "no AUTH" in err and PASSWORD not in err
+    assert server.recorder.opened == 1 and server.recorder.messages == []
+    everyone_pending(env)
+
+
+def test_implicit_tls_against_a_plain_server_is_exit_2_naming_the_setting(tls_env, issue_file, env, capsys):
+    server = tls_env(start_server(), security="ssl")  # speaks plain SMTP: no TLS handshake
+    assert main(["send", str(issue_file)]) == 2
+    assert "MAILER_SMTP_SECURITY" in capsys.readouterr().err
+    assert server.recorder.messages == []
+    everyone_pending(env)
