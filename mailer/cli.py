@@ -353,7 +353,9 @@ def _print_dry_run(
     _out(
         f"dry run of {prepared.key}: {p.pending} to send, {p.skipped} skipped, "
         f"{p.suppressed} suppressed, {p.duplicates} duplicate row(s), "
-        f"{p.done_before} already handled by an earlier run; nothing was sent"
+        f"{p.done_before} already handled by an earlier run"
+        + (f", {p.missing} of an earlier plan missing from the list (not sent to)" if p.missing else "")
+        + "; nothing was sent"
     )
     _print_warnings(prepared)
     return EXIT_OK

@@ -36,6 +36,9 @@ def test_a_list_that_lost_most_of_its_rows_is_refused_unless_removals_are_allowe
     assert "lacks 20 of the 30 recipients" in err and "--allow-removals" in err
     assert main(["send", str(issue_file), "--dry-run"]) == 2
     assert smtp.recorder.messages == []
+    capsys.readouterr()
+    assert main(["send", str(issue_file), "--dry-run", "--allow-removals"]) == 0
+    assert "10 to send" in capsys.readouterr().out
     assert main(["send", str(issue_file), "--allow-removals"]) == 0
     assert smtp.recorder.received() == {f"reader{n}@example.org": 1 for n in range(10)}
     rows = ledger_rows(tmp_path / "state", ISSUE)
@@ -161,12 +164,15 @@ def test_a_list_that_lost_a_fifth_of_its_pending_rows_is_refused_unless_allowed(
     assert {rows[f"reader{n}@example.org"]["status"] for n in range(0, 50, 5)} == {"pending"}
 
 
-def test_a_list_missing_a_few_is_sent_without_them(env, smtp, issue_file, tmp_path, monkeypatch):
+def test_a_list_missing_a_few_is_sent_without_them(env, smtp, issue_file, tmp_path, monkeypatch, capsys):
     """Under a tenth missing: no flag needed; they are not sent to and stay pending."""
     listing = write_subscribers(tmp_path / "subscribers.csv", 30)
     stopped_run(env, issue_file, monkeypatch)
     lines = listing.read_text(encoding="utf-8").splitlines()
     listing.write_text("\n".join(lines[:-2]) + "\n", encoding="utf-8")  # the last two rows gone
+    assert main(["send", str(issue_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "28 to send" in out and "2 of an earlier plan missing from the list" in out
     assert main(["send", str(issue_file)]) == 0
     assert len(smtp.recorder.received()) == 28
     rows = ledger_rows(tmp_path / "state", ISSUE)
