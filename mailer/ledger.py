@@ -140,7 +140,7 @@ class Ledger:
     contend for SQLite's write lock, whose busy handler sleeps for milliseconds at a time.
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False, busy_timeout: float = 60.0) -> None:
         self.path = path
         self.lock = threading.Lock()
         # Refuse a newer ledger before SQLite opens it: even setting the journal mode, or a
@@ -150,10 +150,10 @@ class Ledger:
             path.parent.mkdir(parents=True, exist_ok=True)
         uri = _uri(path) + ("?mode=ro" if read_only else "")
         self.db = sqlite3.connect(
-            uri, uri=True, isolation_level=None, timeout=60, check_same_thread=False
+            uri, uri=True, isolation_level=None, timeout=busy_timeout, check_same_thread=False
         )
         try:
-            self.db.execute("PRAGMA busy_timeout=60000")
+            self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             version = self._version()
             self._refuse_newer(version)  # a version still in the WAL, not yet in the header
             if not read_only:
@@ -512,6 +512,31 @@ class Ledger:
             "WHERE d.issue=? AND d.status='suppressed'",
             (issue,),
         ).fetchall())
+
+    def suppression_reason(self, email: str) -> str | None:
+        """Why the address is on the suppression list, or None."""
+        with self.lock:
+            row = self.db.execute("SELECT reason FROM suppressions WHERE key=?", (email.lower(),)).fetchone()
+        return None if row is None else str(row[0])
+
+    def resubscribe(self, email: str) -> bool:
+        """Lift an unsubscribe, never a bounce or a complaint; True when one was lifted."""
+        with self.lock:
+            cursor = self.db.execute(
+                "DELETE FROM suppressions WHERE key=? AND reason='unsubscribed'", (email.lower(),)
+            )
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def check(path: Path) -> None:
+        """Raise unless the file is a ledger this mailer can read (opened afresh, read only)."""
+        if not path.is_file():
+            raise LedgerError(f"{path}: no ledger here")
+        ledger = Ledger(path, read_only=True, busy_timeout=2.0)
+        try:
+            ledger.db.execute("SELECT count(*) FROM (SELECT 1 FROM suppressions LIMIT 1)").fetchone()
+        finally:
+            ledger.close()
 
     def is_suppressed(self, email: str) -> bool:
         return self.db.execute(
