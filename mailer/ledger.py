@@ -118,7 +118,19 @@ class PlanCounts:
     done_before: int = 0
 
 
-_MARK_DOT = "UPDATE deliveries SET status=?, attempts=?, updated_at=? WHERE issue=? AND key=?"
+# The point of no return: the row goes in flight only if it is still pending and its address
+# is not suppressed (unsubscribed meanwhile by `mailer unsubscribe`, `serve` or `inbox`). One
+# statement, so no unsubscribe can fall between the check and the record. A bounce does not
+# count when `replay --permanent` sends to bounced addresses on purpose (?1).
+_MARK_DOT = (
+    "UPDATE deliveries SET status=?2, attempts=?3, updated_at=?4 WHERE issue=?5 AND key=?6 "
+    "AND status='pending' AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key "
+    "AND (s.reason != 'bounced' OR NOT ?1))"
+)
+# When it did not go in flight: a pending row was withheld because of the suppression list.
+_WITHHELD = (
+    "UPDATE deliveries SET status='suppressed', updated_at=? WHERE issue=? AND key=? AND status='pending'"
+)
 _RECORD = (
     "UPDATE deliveries SET status=?, attempts=?, last_code=?, last_message=?, permanent=?, "
     "updated_at=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END WHERE issue=? AND key=?"
@@ -338,22 +350,29 @@ class Ledger:
     # -- delivery events ------------------------------------------------------------------
 
     def mark_dot(
-        self, issue: str, key: str, attempts: int, sent: tuple[str, int, str] | None = None
-    ) -> None:
-        """Durably record, before it is sent, that the final dot is going out.
+        self, issue: str, key: str, attempts: int, sent: tuple[str, int, str] | None = None,
+        *, bounces_allowed: bool = False,
+    ) -> bool:
+        """Durably record, before it is sent, that the final dot is going out; False when it
+        must not go out: the row is no longer pending, or the address is now suppressed (the
+        row is then `suppressed`).
 
         `sent` is the same connection's previous message, (key, attempts, reply), when its
         success is not recorded yet: both go in one commit, so a run costs one commit per
         message and a connection never has more than one message in flight in the ledger.
         """
-        dot = (IN_FLIGHT, attempts, now(), issue, key)
+        dot = (int(bounces_allowed), IN_FLIGHT, attempts, now(), issue, key)
         with self.lock:
             if sent is None:
-                self.db.execute(_MARK_DOT, dot)
-                return
-            with self._transaction("DEFERRED"):
-                self.db.execute(_RECORD, _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False))
-                self.db.execute(_MARK_DOT, dot)
+                marked = self.db.execute(_MARK_DOT, dot).rowcount == 1
+            else:
+                record = _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False)
+                with self._transaction("DEFERRED"):
+                    self.db.execute(_RECORD, record)
+                    marked = self.db.execute(_MARK_DOT, dot).rowcount == 1
+            if not marked:  # rare, so out of the common path's statement
+                self.db.execute(_WITHHELD, (now(), issue, key))
+        return marked
 
     def record(
         self,

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from conftest import ledger_rows, write_subscribers
 
 from mailer.ledger import Ledger
 from mailer.tokens import make_token
@@ -381,3 +382,49 @@ def test_the_default_address_comes_from_the_settings(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+# -- during a send ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["one-click POST", "mailer unsubscribe"])
+def test_an_unsubscribe_during_a_send_is_honoured_from_that_moment(env, smtp, issue_file, tmp_path, how):
+    """A 2,000-recipient send against a slow server; an address a few hundred places ahead
+    (already in the run's queue) unsubscribes: it is not sent, and the POST is answered at once."""
+    count = 2000
+    write_subscribers(tmp_path / "subscribers.csv", count)
+    smtp.recorder.delay = 0.01  # about 100 messages/s per connection at best
+    state = Path(env["MAILER_STATE_DIR"])
+    serve_env = dict(os.environ, MAILER_SECRET="test-secret")  # the `env` fixture's settings
+    served = start_serve(tmp_path, serve_env) if how == "one-click POST" else None
+    send = subprocess.Popen([sys.executable, "-m", "mailer", "send", str(issue_file)], cwd=tmp_path,
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while sum(smtp.recorder.received().values()) < 100:
+            assert send.poll() is None and time.monotonic() < deadline, "the send did not get going"
+            time.sleep(0.05)
+        target = f"reader{sum(smtp.recorder.received().values()) + 200}@example.org"
+        if served is not None:
+            response = served.one_click(served.path_of(make_token("test-secret", target)))
+            assert response.status == 200
+            assert response.seconds < 1.0, response.seconds  # the send does not hold it up
+        else:
+            done = subprocess.run([sys.executable, "-m", "mailer", "unsubscribe", target], cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        assert target not in smtp.recorder.received()  # it was still to come when it unsubscribed
+        _, err = send.communicate(timeout=300)
+    finally:
+        if send.poll() is None:
+            send.kill()
+        if served is not None:
+            assert served.stop() == 0
+    assert send.returncode == 0, err[-2000:]
+    got = smtp.recorder.received()
+    assert target not in got
+    assert got == {f"reader{n}@example.org": 1 for n in range(count) if f"reader{n}@example.org" != target}
+    rows = ledger_rows(state, ISSUE)
+    assert rows[target]["status"] == "suppressed"
+    assert f"{target}: on the suppression list since the run started; not sent" in err
