@@ -73,6 +73,7 @@ class Settings(BaseModel):
     subscribers: Path = Path("subscribers.csv")
     issues_dir: Path = Path("issues")
     state_dir: Path = Path("state")
+    templates_dir: Path | None = None
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=8080, ge=1, le=65535)
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import parseaddr
-from pathlib import Path
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -37,7 +37,6 @@ BODY_LIMIT = 64 * 1024
 # message, in microseconds, so a moment is plenty; longer means the ledger is stuck.
 BUSY_TIMEOUT = 5.0
 PAGE = "unsubscribe.html.j2"
-_PACKAGE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -120,9 +119,12 @@ class UnsubscribeApp:
         self.list_name = parseaddr(settings.from_ or "")[0] or DEFAULT_LIST_NAME
         self.contact = parseaddr(settings.reply_to or settings.from_ or "")[1]
         self.ledger_path = settings.state_dir / FILE_NAME
+        installed = str(resources.files("mailer.templates"))
         self.pages = Environment(
-            # The operator's templates first (a page of their own look), then the shipped ones.
-            loader=ChoiceLoader([FileSystemLoader(templates_dir()), FileSystemLoader(_PACKAGE_TEMPLATES)]),
+            # The email's lookup first (a page of the operator's own look, when their templates
+            # folder has one), then the page installed with the mailer.
+            loader=ChoiceLoader([FileSystemLoader(templates_dir(settings.templates_dir)),
+                                 FileSystemLoader(installed)]),
             autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=True),
         )
         try:
