@@ -198,9 +198,10 @@ class UnsubscribeApp:
             log.info("unsubscribe: %s resubscribed (web page)", address)
             return self.page(200, "resubscribed", address)
         reason = self.ledger.suppression_reason(address)
-        log.info("unsubscribe: %s resubscribe refused (%s)", address, reason or "not unsubscribed")
-        if reason is None:
-            return self.page(200, "resubscribed", address)  # nothing to lift: it gets the list
+        if reason is None:  # nothing to lift: it gets the list
+            log.info("unsubscribe: %s resubscribe: already subscribed", address)
+            return self.page(200, "resubscribed", address)
+        log.info("unsubscribe: %s resubscribe refused (%s)", address, reason)
         return self.page(409, "blocked", address, reason)
 
     def health(self) -> Reply:

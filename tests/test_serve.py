@@ -182,6 +182,19 @@ def test_multipart_one_click_unsubscribes(served):
     assert suppressions(served.state) == {ADDRESS: "unsubscribed"}
 
 
+def test_a_chunked_one_click_unsubscribes(served):
+    """A proxy or client that streams the body (Transfer-Encoding: chunked, no Content-Length)."""
+    connection = http.client.HTTPConnection(served.host, served.port, timeout=30)
+    try:
+        connection.request("POST", served.url(), body=iter([b"List-Unsubscribe=", b"One-Click"]),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"},
+                           encode_chunked=True)
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+    assert suppressions(served.state) == {ADDRESS: "unsubscribed"}
+
+
 def test_an_empty_post_unsubscribes(served):
     response = served.request("POST", served.url(), b"", {"Content-Length": "0"})
     assert_plain_200(response)
@@ -338,6 +351,27 @@ def test_token_as_a_query_value(served_query):
     assert s.one_click(f"/unsubscribe/{token}").status == 404  # the path shape is not ours here
 
 
+def test_the_page_follows_the_templates_folder_of_the_email(tmp_path):
+    """MAILER_TEMPLATES_DIR with a page of its own look is used; one without falls back to the
+    page installed with the mailer."""
+    own = tmp_path / "our-look"
+    own.mkdir()
+    (own / "unsubscribe.html.j2").write_text("<p>Our own page for {{ address }}: {{ state }}</p>\n")
+    server = start_serve(tmp_path, child_env(tmp_path, MAILER_TEMPLATES_DIR=str(own)))
+    try:
+        page = server.request("GET", server.url())
+        assert page.body.strip() == f"<p>Our own page for {ADDRESS}: confirm</p>"
+    finally:
+        assert server.stop() == 0
+    bare = tmp_path / "email-only"
+    bare.mkdir()
+    server = start_serve(tmp_path, child_env(tmp_path, MAILER_TEMPLATES_DIR=str(bare)))
+    try:
+        assert "Unsubscribe from The Top Ten?" in server.request("GET", server.url()).body
+    finally:
+        assert server.stop() == 0
+
+
 # -- settings -------------------------------------------------------------------------------
 
 
@@ -350,6 +384,7 @@ def test_token_as_a_query_value(served_query):
         ({"MAILER_SECRET": ""}, [], "MAILER_SECRET"),
         ({"MAILER_UNSUBSCRIBE_URL": ""}, [], "MAILER_UNSUBSCRIBE_URL"),
         ({}, ["--port", "99999"], "--port"),
+        ({"MAILER_TEMPLATES_DIR": "no-such-folder"}, [], "MAILER_TEMPLATES_DIR"),
     ],
 )
 def test_bad_serve_settings_are_one_line_exit_2(tmp_path, extra, args, expected):
