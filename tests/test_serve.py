@@ -396,6 +396,15 @@ def test_bad_serve_settings_are_one_line_exit_2(tmp_path, extra, args, expected)
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_a_ledger_that_is_not_one_is_one_line_exit_2(tmp_path):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "ledger.sqlite3").write_bytes(b"not a database at all" * 200)
+    done = subprocess.run([sys.executable, "-m", "mailer", "serve"], env=child_env(tmp_path), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "ledger.sqlite3: cannot open the ledger" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_port_in_use_is_one_line_exit_2(served, tmp_path):
     env = child_env(tmp_path, MAILER_SERVE_PORT=str(served.port))
     done = subprocess.run([sys.executable, "-m", "mailer", "serve"], env=env, cwd=tmp_path,
