@@ -30,6 +30,7 @@ from mailer.errors import (
     RelayRefusesSettings,
     RunStopped,
     ServerUnreachable,
+    Withheld,
 )
 from mailer.ledger import Ledger
 from mailer.message import MessageFactory
@@ -88,14 +89,19 @@ class _Refusal:
 class _Line:
     """One connection's view of the ledger: its last success is recorded with its next dot."""
 
-    def __init__(self, ledger: Ledger, issue: str) -> None:
+    def __init__(self, ledger: Ledger, issue: str, bounces_allowed: bool = False) -> None:
         self.ledger = ledger
         self.issue = issue
+        self.bounces_allowed = bounces_allowed
         self.sent: tuple[str, int, str] | None = None
 
     def dot(self, key: str, attempts: int) -> None:
-        self.ledger.mark_dot(self.issue, key, attempts, sent=self.sent)
+        marked = self.ledger.mark_dot(
+            self.issue, key, attempts, sent=self.sent, bounces_allowed=self.bounces_allowed
+        )
         self.sent = None
+        if not marked:
+            raise Withheld(f"{key}: suppressed during the run")
 
     def settle(self) -> None:
         if self.sent is not None:
@@ -113,11 +119,12 @@ class Tally:
     failed: int = 0
     in_doubt: int = 0
     retried: int = 0
+    withheld: int = 0  # suppressed at the point of no return
     started: float = field(default_factory=time.monotonic)
 
     @property
     def done(self) -> int:
-        return self.sent + self.failed + self.in_doubt
+        return self.sent + self.failed + self.in_doubt + self.withheld
 
     @property
     def rate(self) -> float:
@@ -283,7 +290,7 @@ class Delivery:
 
     def _work(self) -> None:
         transport = self.transports()
-        line = _Line(self.ledger, self.issue)
+        line = _Line(self.ledger, self.issue, self.lift_bounces)
         connect_failures = 0
         live = False
         try:
@@ -402,6 +409,13 @@ class Delivery:
         except DeliveryError as exc:
             line.settle()
             return self._refused(job, attempts, exc)
+        except Withheld:
+            # Unsubscribed while the run was going: the transport closed the connection with
+            # the final dot unsent, so the server discards the message. Not a failure.
+            log.info("%s: on the suppression list since the run started; not sent", recipient.email)
+            with self._refusals:
+                self.tally.withheld += 1
+            return None
         line.sent = (recipient.key, attempts, reply)
         if self.lift_bounces:
             self.ledger.unsuppress_bounce(recipient.email)

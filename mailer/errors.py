@@ -101,3 +101,8 @@ class ConnectFailed(MailerError):
     def __init__(self, message: str, *, verdict: Verdict = Verdict.RELAY) -> None:
         super().__init__(message)
         self.verdict = verdict
+
+
+class Withheld(MailerError):
+    """At the point of no return the recipient was no longer to be sent to (unsubscribed
+    during the run): the message was abandoned before its final dot."""

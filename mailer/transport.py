@@ -352,7 +352,11 @@ class OutboxTransport:
             raise DeliveryError(
                 f"cannot write {temporary}: {exc.strerror}", stage=DATA, verdict=Verdict.TRANSIENT
             ) from None
-        before_dot()
+        try:
+            before_dot()
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # not to be delivered after all
+            raise
         os.replace(temporary, target)
         return f"250 written to {target.name}"
 
