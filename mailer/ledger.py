@@ -263,7 +263,11 @@ class Ledger:
                               THEN deliveries.reason ELSE excluded.reason END,
                 updated_at = excluded.updated_at
         """
-        recipients = "issue=? AND status != 'skipped' AND key NOT LIKE '#row%'"
+        # Those it was to go to: an address unsubscribed since is not missed when it is gone.
+        recipients = (
+            "issue=? AND status NOT IN ('skipped', 'suppressed') "
+            "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key)"
+        )
         with self._transaction():
             planned = self.db.execute(
                 f"SELECT count(*) FROM deliveries WHERE {recipients}", (issue,)

@@ -177,3 +177,17 @@ def test_a_list_missing_a_few_is_sent_without_them(env, smtp, issue_file, tmp_pa
     assert len(smtp.recorder.received()) == 28
     rows = ledger_rows(tmp_path / "state", ISSUE)
     assert rows["reader29@example.org"]["status"] == "pending"
+
+
+def test_addresses_unsubscribed_and_then_taken_out_of_the_list_are_not_missed(
+    env, smtp, issue_file, tmp_path, monkeypatch
+):
+    """The 10% guard is about a half-written export, not about people who left."""
+    listing = write_subscribers(tmp_path / "subscribers.csv", 30)
+    stopped_run(env, issue_file, monkeypatch)
+    for n in range(5):
+        assert main(["unsubscribe", f"reader{n}@example.org"]) == 0
+    lines = listing.read_text(encoding="utf-8").splitlines()
+    listing.write_text("\n".join([lines[0], *lines[6:]]) + "\n", encoding="utf-8")  # their rows gone
+    assert main(["send", str(issue_file)]) == 0
+    assert smtp.recorder.received() == {f"reader{n}@example.org": 1 for n in range(5, 30)}
