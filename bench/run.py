@@ -308,6 +308,7 @@ class Figure:
     rate: float
     elapsed: float
     cpu_per_message: float
+    system_per_message: float
     peak_mb: float
     code: int
     load_start: float
@@ -319,16 +320,17 @@ class Figure:
         memory = f"peak {self.peak_mb:.0f} MB, " if peak else ""
         return (
             f"{self.rate:,.0f} messages/s ({count:,} in {self.elapsed:.1f} s, "
-            f"{self.cpu_per_message * 1e6:.0f} us CPU per message, {memory}"
+            f"{self.cpu_per_message * 1e6:.0f} us CPU per message "
+            f"({self.system_per_message * 1e6:.0f} of it system), {memory}"
             f"exit {self.code}, load {self.load_start:.2f} to {self.load_end:.2f}{extra})"
         )
 
 
 def run_measured(
     command: list[str], env: dict[str, str] | None = None, stdout: int | None = None
-) -> tuple[float, float, int, float]:
-    """Wall seconds, peak RSS in MB, exit code and CPU seconds (user + system) of one child
-    process and the children it waited for."""
+) -> tuple[float, float, int, float, float]:
+    """Wall seconds, peak RSS in MB, exit code, CPU seconds (user + system) and system seconds
+    of one child process and the children it waited for."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.PIPE)
     assert process.stderr is not None
@@ -338,13 +340,14 @@ def run_measured(
     elapsed = time.perf_counter() - started
     if process.returncode != 0:
         sys.stderr.write(err.decode(errors="replace")[-2000:])
-    return elapsed, usage.ru_maxrss / 1024, process.returncode, usage.ru_utime + usage.ru_stime
+    cpu = usage.ru_utime + usage.ru_stime
+    return elapsed, usage.ru_maxrss / 1024, process.returncode, cpu, usage.ru_stime
 
 
 def measure(command: list[str], count: int, env: dict[str, str] | None = None) -> Figure:
     load_start = load()
-    elapsed, peak, code, cpu = run_measured(command, env, stdout=subprocess.DEVNULL)
-    return Figure(count / elapsed, elapsed, cpu / count, peak, code, load_start, load())
+    elapsed, peak, code, cpu, system = run_measured(command, env, stdout=subprocess.DEVNULL)
+    return Figure(count / elapsed, elapsed, cpu / count, system / count, peak, code, load_start, load())
 
 
 def write_subscribers(path: Path, count: int) -> None:
@@ -473,7 +476,7 @@ def compare(
             raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
         profile.mkdir(parents=True, exist_ok=True)
         profile_file = profile / f"{server.name}-{count}-{connections}conn-{run}.txt"
-        command = [tool, "record", "--gil", "--format", "raw", "--rate", "250", "-o", str(profile_file),
+        command = [tool, "record", "--gil", "--format", "raw", "--rate", "1000", "-o", str(profile_file),
                    "--", *command]  # fmt: skip
     label = f"{connections} connection(s)"
     mailer = measure(command, count, env)
@@ -571,7 +574,7 @@ def main() -> int:
                 str(big),
                 "--dry-run",
             ]
-            elapsed, peak, code, _ = run_measured(command, env, stdout=subprocess.DEVNULL)
+            elapsed, peak, code, _, _ = run_measured(command, env, stdout=subprocess.DEVNULL)
             print(f"dry run of {args.dry_run_rows:,} rows: {elapsed:.1f} s, peak {peak:.0f} MB, exit {code}")
     return 0
 
