@@ -200,7 +200,14 @@ class Server:
 
 
 @contextlib.contextmanager
-def sink(kind: str) -> Iterator[Server]:
+def sink(kind: str) -> Iterator[tuple[int, str]]:
+    """An SMTP sink on loopback, as its port and name (see sink_server)."""
+    with sink_server(kind) as server:
+        yield server.port, server.name
+
+
+@contextlib.contextmanager
+def sink_server(kind: str) -> Iterator[Server]:
     """An SMTP sink on loopback: Postfix's smtp-sink when installed (and `kind` allows), else
     aiosmtpd."""
     server = Server(free_port())
@@ -540,7 +547,7 @@ def main() -> int:
         print(f"message build per recipient: {per_recipient * 1e6:.1f} us ({size} bytes per message)")
 
         ratios: dict[tuple[int, int], list[float]] = {}
-        server_context = postfix_relay() if args.relay == "postfix" else sink(args.sink)
+        server_context = postfix_relay() if args.relay == "postfix" else sink_server(args.sink)
         with server_context as server:
             print(
                 f"{args.relay}: {server.name} on 127.0.0.1:{server.port}; {size:,} bytes per message; "

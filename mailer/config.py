@@ -73,6 +73,9 @@ class Settings(BaseModel):
     subscribers: Path = Path("subscribers.csv")
     issues_dir: Path = Path("issues")
     state_dir: Path = Path("state")
+    templates_dir: Path | None = None
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=8080, ge=1, le=65535)
 
     _check_from = field_validator("from_", "reply_to")(_single_address)
     _check_donate = field_validator("donate_url")(_https_url)
@@ -84,6 +87,13 @@ class Settings(BaseModel):
         if value is not None and "{token}" not in value:
             raise ValueError("must contain {token} where the unsubscribe token goes")
         return value
+
+    @field_validator("serve_host")
+    @classmethod
+    def _check_serve_host(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._:%-]+", value.strip("[]")):
+            raise ValueError("must be a host name or IP address to listen on, such as 127.0.0.1")
+        return value.strip("[]")
 
     @field_validator("unsubscribe_mailto")
     @classmethod

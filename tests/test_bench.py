@@ -75,3 +75,19 @@ def test_bench_against_a_real_postfix_counts_what_it_delivered():
                      r"in [\d.]+ s more\)", out)  # fmt: skip
     assert "expected" not in out
     assert re.search(r"ratio, 2 connection\(s\), 100 messages: [\d.]+", out)
+
+
+def test_unsubscribe_bench_runs_on_a_small_list():
+    bench = BENCH.with_name("unsubscribe.py")
+    done = subprocess.run(
+        [sys.executable, str(bench), "--count", "300", "--clients", "2", "--connections", "2",
+         "--sink", "aiosmtpd"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert re.search(r"mailer send alone: [\d,]+ messages/s \(exit 0\)", out)
+    assert re.search(r"mailer send during the POSTs: [\d,]+ messages/s \(exit 0\)", out)
+    assert re.search(r"unsubscribe POSTs: [\d,]+ in [\d.]+ s, [\d,]+/s; latency p50 [\d.]+ ms, "
+                     r"p99 [\d.]+ ms, max [\d.]+ ms; 0 error\(s\)", out)
+    assert "mailer serve exit 0" in out

@@ -34,6 +34,9 @@ SETTINGS = [
     "MAILER_SUBSCRIBERS",
     "MAILER_ISSUES_DIR",
     "MAILER_STATE_DIR",
+    "MAILER_TEMPLATES_DIR",
+    "MAILER_SERVE_HOST",
+    "MAILER_SERVE_PORT",
 ]
 SECRETS = {"MAILER_SMTP_PASSWORD", "MAILER_SECRET"}
 PASSWORD = "pw-Zq7-never-shown"
@@ -65,6 +68,9 @@ def every_setting(ca_file: Path) -> dict[str, str]:
         "MAILER_SUBSCRIBERS": "lists/readers.csv",
         "MAILER_ISSUES_DIR": "daily",
         "MAILER_STATE_DIR": "var/mailer",
+        "MAILER_TEMPLATES_DIR": "our-look",
+        "MAILER_SERVE_HOST": "0.0.0.0",
+        "MAILER_SERVE_PORT": "8181",
     }
 
 
