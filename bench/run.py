@@ -483,7 +483,9 @@ def compare(
             raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
         profile.mkdir(parents=True, exist_ok=True)
         profile_file = profile / f"{server.name}-{count}-{connections}conn-{run}.txt"
-        command = [tool, "record", "--gil", "--format", "raw", "--rate", "1000", "-o", str(profile_file),
+        # 250 samples a second: at 1,000 py-spy's pauses of the process swell the start-up
+        # (imports) to a third of the samples.
+        command = [tool, "record", "--gil", "--format", "raw", "--rate", "250", "-o", str(profile_file),
                    "--", *command]  # fmt: skip
     label = f"{connections} connection(s)"
     mailer = measure(command, count, env)
