@@ -430,9 +430,13 @@ class Delivery:
         ledger, key, email = self.ledger, job.recipient.key, job.recipient.email
         if exc.verdict is Verdict.CONFIG:  # the sender refused: our settings, not the recipient
             ledger.release(self.issue, key, None, None, answered=True, count=False)
+            if exc.code == 530:  # RFC 4954: authentication required
+                problem = "MAILER_SMTP_USER and MAILER_SMTP_PASSWORD: the relay wants a login"
+            else:
+                problem = f"MAILER_FROM: the relay refused the sender <{self.sender}>"
             self._halt(RelayRefusesSettings(
-                f"MAILER_FROM: the relay refused the sender <{self.sender}> ({exc.message}); check "
-                "the address and that the relay lets this mailer send as it; nobody was marked failed"
+                f"{problem} ({exc.message}); check the setting, and that the relay lets this "
+                "mailer send as that sender; nobody was marked failed"
             ))
             return None
         if exc.transient:  # transient refusals slow the whole run, whatever their text

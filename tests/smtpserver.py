@@ -43,6 +43,7 @@ REPLIES = {
     "450 domain": "450 4.1.2 Recipient address rejected: Domain not found",
     "452 storage": "452 4.3.1 Insufficient system storage",
     "553 sender": "553 5.1.8 Sender address rejected: Domain not found",
+    "530 auth": "530 5.7.0 Authentication required",
 }
 
 

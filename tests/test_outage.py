@@ -234,3 +234,12 @@ def test_an_unreachable_relay_is_one_warning_per_problem(
     warnings = [line for line in lines if " WARNING " in line and "cannot reach" in line]
     assert len(warnings) == 1 and "Connection refused" in warnings[0], lines
     assert sum("cannot reach" in line for line in lines) <= 3  # that warning, the stop, the summary
+
+
+def test_a_relay_wanting_a_login_is_exit_2_naming_the_credentials(env, smtp, issue_file, tmp_path, capsys):
+    write_subscribers(tmp_path / "subscribers.csv", 20)
+    smtp.recorder.mail_reply = "530 auth"
+    assert main(["send", str(issue_file)]) == 2
+    assert "MAILER_SMTP_USER and MAILER_SMTP_PASSWORD" in capsys.readouterr().err
+    c, s = outcome(env)
+    assert c["failed"] == 0 and c["pending"] == 20 and s == []
