@@ -23,6 +23,7 @@ from mailer.render import Personalisable, RenderedIssue, greeting
 from mailer.subscribers import Recipient
 from mailer.tokens import make_token
 from mailer.transport import Transparent
+from mailer.verp import envelope_sender
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
@@ -142,11 +143,17 @@ class MessageFactory:
 
     def message_id(self, email: str) -> str:
         """The same for the same issue and recipient, so that a resend can be recognised."""
-        seed = f"{self._list_id}|{self.issue.date}|{email.lower()}".encode()
-        digest = hashlib.sha256(seed).hexdigest()[:32]
+        digest = message_id_digest(self._list_id, str(self.issue.date), email)
         if self.test:
             digest = f"test.{secrets.token_hex(8)}"
         return f"<{self.issue.date}.{digest}@{self.domain}>"
+
+    def envelope_sender(self, email: str) -> str:
+        """`MAIL FROM`: the VERP address naming this issue and recipient when
+        `$MAILER_BOUNCE_ADDRESS` is set (never for a test send), else `$MAILER_FROM`'s address."""
+        if not self.settings.bounce_address or self.test:
+            return self.settings.from_address
+        return envelope_sender(self.settings.bounce_address, self.secret, str(self.issue.date), email)
 
     def build(self, recipient: Recipient) -> bytes:
         email = recipient.email
@@ -179,6 +186,12 @@ class MessageFactory:
         if self._date[0] != second:
             self._date = (second, f"Date: {formatdate(second, localtime=True)}\r\n".encode())
         return self._date[1]
+
+
+def message_id_digest(list_id: str, issue: str, email: str) -> str:
+    """The part of a Message-ID that names the recipient; a returned message quoting it
+    names them again (see mailer.inbox)."""
+    return hashlib.sha256(f"{list_id}|{issue}|{email.lower()}".encode()).hexdigest()[:32]
 
 
 def _part_headers(content_type: str) -> bytes:
