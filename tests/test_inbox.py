@@ -343,3 +343,63 @@ def test_config_shows_the_inbox_settings_with_the_password_masked(clean, capsys,
                  "MAILER_SOFT_BOUNCE_LIMIT=3", "MAILER_BOUNCE_ADDRESS=bounces@example.org",
                  "MAILER_INBOX_IMAP_HOST=(not set)"):
         assert line in out.splitlines()
+
+
+# -- VERP ---------------------------------------------------------------------------------------
+
+
+def test_with_a_bounce_address_each_message_has_its_own_verp_envelope_sender(
+    env, smtp, issue_file, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("MAILER_BOUNCE_ADDRESS", "bounces@example.org")
+    write_list(tmp_path / "subscribers.csv", ["ann@example.org", "bob@example.net"])
+    assert run(capsys, "send", str(issue_file))[0] == 0
+    senders = {r: s for r, (_, s) in sent_ids(smtp).items()}
+    assert len(set(senders.values())) == 2
+    for sender in senders.values():
+        local, _, domain = sender.rpartition("@")
+        assert domain == "example.org" and local.startswith("bounces+20261124-")
+        assert len(local) <= 64 and local == local.lower()
+    # A test send is not a delivery of the issue: its envelope sender is the plain From.
+    smtp.recorder.messages.clear()
+    assert run(capsys, "send", str(issue_file), "--to", "me@example.org")[0] == 0
+    assert smtp.recorder.messages[0][0] == "news@example.org"
+
+
+def test_without_a_bounce_address_the_envelope_sender_is_from(
+    env, smtp, issue_file, tmp_path, capsys
+) -> None:
+    write_list(tmp_path / "subscribers.csv", ["ann@example.org"])
+    assert run(capsys, "send", str(issue_file))[0] == 0
+    assert smtp.recorder.messages[0][0] == "news@example.org"
+
+
+def test_a_bounce_to_the_verp_address_about_a_forwarding_target_finds_the_subscriber(
+    env, smtp, issue_file, tmp_path, capsys, monkeypatch
+) -> None:
+    """ann@example.org forwards to new-home@elsewhere.example, which bounces: the report names
+    only the target, the VERP address it was returned to names Ann."""
+    monkeypatch.setenv("MAILER_BOUNCE_ADDRESS", "bounces@example.org")
+    write_list(tmp_path / "subscribers.csv", ["ann@example.org", "bob@example.net"])
+    assert run(capsys, "send", str(issue_file))[0] == 0
+    verp = sent_ids(smtp)["ann@example.org"][1]
+    body = inbox_json(capsys, str(maildir(tmp_path / "b", [fill("forwarded.eml", verp=verp)])))
+    assert body["messages"][0] | {"source": ""} == {
+        "kind": "hard", "address": "ann@example.org", "status": "5.1.1", "issue": ISSUE,
+        "outcome": "suppressed", "source": ""}
+    assert suppressions(tmp_path / "state") == {"ann@example.org": "bounced"}
+    # A token altered by one character is no one's: the report's own address is tried, and
+    # the list never sent to it.
+    local, _, domain = verp.rpartition("@")
+    forged = local[:-1] + ("b" if local[-1] == "a" else "a") + "@" + domain
+    body = inbox_json(capsys, str(maildir(tmp_path / "c", [fill("forwarded.eml", verp=forged, n=2)])))
+    assert body["messages"][0]["address"] == "new-home@elsewhere.example"
+    assert body["messages"][0]["outcome"] == "not an address this list sent to: nothing changed"
+
+
+@pytest.mark.parametrize("value", ["not an address", "Bounces <b@example.org>",
+                                   "a-very-long-local-part-that-leaves-no-room-for-a-token@example.org"])
+def test_a_bad_bounce_address_is_refused(clean, capsys, monkeypatch, value) -> None:
+    monkeypatch.setenv("MAILER_BOUNCE_ADDRESS", value)
+    code, _, err = run(capsys, "config")
+    assert code == 2 and err.startswith("mailer config: MAILER_BOUNCE_ADDRESS:")
