@@ -208,8 +208,10 @@ def _body_text(msg: Message) -> str:
 
 
 def _unsubscribe(msg: Message, identity: str, secret: str | None, to: str | None) -> Finding | None:
-    """A mail to the unsubscribe address (when one is set) with a genuine token in its subject
-    or its own text; never an auto-reply, whose quoted footer carries a token too."""
+    """A mail to the unsubscribe address with a genuine token in its subject or its own text.
+    With no unsubscribe address set, the subject only: the newsletter's own text carries a
+    token in its footer, and a forwarded or quoted copy must unsubscribe no one. Never an
+    auto-reply."""
     if not secret or str(msg.get("auto-submitted", "no")).strip().lower() != "no":
         return None
     if to:
@@ -218,7 +220,7 @@ def _unsubscribe(msg: Message, identity: str, secret: str | None, to: str | None
         if to.lower() not in addressed:
             return None
     texts = [str(msg.get("subject", ""))]
-    for part in msg.walk():  # the message's own text, not a message it quotes as a part
+    for part in msg.walk() if to else ():  # the message's own text, not a message it quotes as a part
         if part.get_content_type() == "message/rfc822":
             break
         if part.get_content_type() == "text/plain":

@@ -403,3 +403,15 @@ def test_a_bad_bounce_address_is_refused(clean, capsys, monkeypatch, value) -> N
     monkeypatch.setenv("MAILER_BOUNCE_ADDRESS", value)
     code, _, err = run(capsys, "config")
     assert code == 2 and err.startswith("mailer config: MAILER_BOUNCE_ADDRESS:")
+
+
+def test_without_an_unsubscribe_address_only_the_subject_is_read(sent, smtp, tmp_path, capsys) -> None:
+    """A copy of the newsletter itself (forwarded, or a returned copy) carries the reader's
+    token in its footer: it unsubscribes no one."""
+    copy = smtp.recorder.messages[0][2]
+    token = make_token("test-secret", "bob@example.net")
+    asked = (f"From: bob@example.net\nTo: news@example.org\nSubject: unsubscribe {token}\n"
+             "Message-ID: <u2@example.net>\n\n").encode()
+    body = inbox_json(capsys, str(maildir(tmp_path / "b", [copy, asked])))
+    assert sorted((m["kind"], str(m["address"])) for m in body["messages"]) == [
+        ("other", "None"), ("unsubscribe", "bob@example.net")]
