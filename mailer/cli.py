@@ -287,7 +287,9 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
     from mailer.mailboxes import Imap, Source, open_source
 
     sources: list[Source] = [open_source(s) for s in args.sources] if args.sources else [Imap(settings)]
-    ledger = Ledger(settings.state_dir / "ledger.sqlite3", read_only=args.dry_run)
+    # An existing ledger only: run from the wrong folder, a fresh one would know no address,
+    # and every bounce would be read, found about no one, and moved away unheeded.
+    ledger = open_ledger(settings.state_dir, read_only=args.dry_run)
     results = []
     try:
         for result in Inbox(ledger, settings, dry_run=args.dry_run).read(sources):

@@ -143,8 +143,14 @@ class Imap:
                 s.inbox_imap_host, port=s.inbox_imap_port, ssl=True,
                 ssl_context=ssl.create_default_context(), timeout=60,
             )
+        except ssl.SSLCertVerificationError as exc:
+            raise InputError(
+                f"{self.name}: the server's certificate is not trusted ({exc.verify_message}); check "
+                "MAILER_INBOX_IMAP_HOST, or add its CA to the system's store (or SSL_CERT_FILE)"
+            ) from None
         except (OSError, IMAPClientError) as exc:
-            raise self._fail("cannot connect; check MAILER_INBOX_IMAP_HOST and _PORT", exc) from None
+            what = "cannot connect; check MAILER_INBOX_IMAP_HOST and MAILER_INBOX_IMAP_PORT"
+            raise self._fail(what, exc) from None
         try:
             self.client.login(s.inbox_imap_user, s.inbox_imap_password)
         except LoginError:
