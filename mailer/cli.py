@@ -1,37 +1,30 @@
 """The `mailer` command: arguments, output and exit codes over the library.
 
 Only this module prints or chooses an exit code; the library raises.
+
+Each command imports what it needs when it runs: `mailer --help`, `config` and `report` must
+answer at once, without loading premailer, email-validator or the SMTP code.
 """
 
 from __future__ import annotations
 
 import argparse
-import email
-import email.policy
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-import webbrowser
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mailer import __version__, report
-from mailer.config import Settings, load_settings
-from mailer.delivery import Tally
+from mailer import __version__
 from mailer.errors import InputError, IssueInvalid, MailerError
-from mailer.issue import load_issue, resolve_issue_path
-from mailer.ledger import Ledger
-from mailer.message import MessageFactory
-from mailer.progress import Progress, elapsed
-from mailer.send import Outcome, Prepared, dry_run, open_ledger, prepare, replay, replay_candidates, test_send
-from mailer.send import send as send_issue
-from mailer.subscribers import Recipient, check_address, clean_name
-from mailer.tokens import read_token
-from mailer.transport import check_smtp_settings
+
+if TYPE_CHECKING:
+    from mailer.config import Settings
+    from mailer.send import Outcome, Prepared
 
 log = logging.getLogger("mailer")
 
@@ -79,9 +72,13 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: mailer validate issues/2026-11-24.json
     """
+    from mailer.send import prepare
+
     path = _issue_path(args, settings)
-    issue = load_issue(path)
+    prepared = prepare(path, settings)  # rendered too: the warnings include the HTML's size
+    issue = prepared.issue
     _out(f"{path}: valid: {issue.date}, {len(issue.stories)} stories, subject {issue.subject!r}")
+    _print_warnings(prepared)
     return EXIT_OK
 
 
@@ -90,6 +87,14 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: mailer preview today --as ann@example.org --open
     """
+    import email
+    import email.policy
+    import webbrowser
+
+    from mailer.message import MessageFactory
+    from mailer.send import prepare
+    from mailer.subscribers import Recipient, check_address, clean_name
+
     missing = {k: v for k, v in PREVIEW_DEFAULTS.items() if getattr(settings, k) is None}
     settings = settings.model_copy(update=missing)
     prepared = prepare(_issue_path(args, settings), settings)
@@ -120,8 +125,8 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     for name in missing:
         _out(f"note: MAILER_{name.rstrip('_').upper()} is not set; the preview uses a placeholder")
     _print_warnings(prepared)
-    if args.open:
-        webbrowser.open(paths[0].resolve().as_uri())
+    if args.open and not webbrowser.open(paths[0].resolve().as_uri()):
+        _out(f"note: no web browser found to open it; open {paths[0]} yourself")
     return EXIT_OK
 
 
@@ -134,12 +139,17 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
       mailer send 2026-11-24 --to me@example.org         a [TEST] copy to yourself
       mailer send today --outbox outbox/                 .eml files instead of SMTP
     """
+    from mailer.delivery import Tally
+    from mailer.progress import Progress
+    from mailer.send import prepare, test_send
+    from mailer.send import send as send_issue
+    from mailer.transport import check_smtp_settings
+
     prepared = prepare(_issue_path(args, settings), settings)
     subscribers: Path = args.subscribers or settings.subscribers
     if args.dry_run:
         return _print_dry_run(prepared, settings, subscribers, args.outbox)
     if args.to:
-        log.info("test send of %s to %s", prepared.key, ", ".join(args.to))
         outcome = _with_signals(
             lambda stop: test_send(prepared, settings, args.to, outbox=args.outbox, stop=stop)
         )
@@ -170,6 +180,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
       mailer replay 2026-11-24 --in-doubt        also those whose outcome is unknown
       mailer replay 2026-11-24 --dry-run         list who would be sent to
     """
+    from mailer.delivery import Tally
+    from mailer.progress import Progress
+    from mailer.send import prepare, replay, replay_candidates
+
     prepared = prepare(_issue_path(args, settings), settings)
     if args.dry_run:
         rows = replay_candidates(settings, prepared.key, in_doubt=args.in_doubt, permanent=args.permanent)
@@ -196,6 +210,9 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
       mailer report today --json
       mailer report today --csv > 2026-11-24.csv
     """
+    from mailer import report
+    from mailer.ledger import open_ledger
+
     key = _issue_key(args, settings)
     ledger = open_ledger(settings.state_dir, key, read_only=True)
     try:
@@ -220,6 +237,10 @@ def cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
       mailer unsubscribe ann@example.org
       mailer unsubscribe --token 'YW5uQGV4YW1wbGUub3Jn.Qm9ndXM'
     """
+    from mailer.ledger import Ledger
+    from mailer.subscribers import check_address
+    from mailer.tokens import read_token
+
     if bool(args.address) == bool(args.token):
         raise InputError("give either an ADDRESS or --token TOKEN")
     if args.token:
@@ -246,6 +267,8 @@ def cmd_suppressed(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: mailer suppressed
     """
+    from mailer.ledger import Ledger
+
     ledger = Ledger.in_dir(settings.state_dir)
     try:
         rows = ledger.suppressed()
@@ -262,6 +285,8 @@ def cmd_unsuppress(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: mailer unsuppress ann@example.org
     """
+    from mailer.ledger import Ledger
+
     ledger = Ledger.in_dir(settings.state_dir)
     try:
         lifted = ledger.unsuppress(args.address)
@@ -284,6 +309,7 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
       mailer inbox --dry-run bounce.eml   what it would do, changing nothing
     """
     from mailer.inbox import Inbox, Summary
+    from mailer.ledger import open_ledger
     from mailer.mailboxes import Imap, Source, open_source
 
     sources: list[Source] = [open_source(s) for s in args.sources] if args.sources else [Imap(settings)]
@@ -316,10 +342,52 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Answer the unsubscribe link of every message: a page on GET, an unsubscribe on POST.
+
+    Serves mailer.web:app with waitress on HOST:PORT (default $MAILER_SERVE_HOST and
+    $MAILER_SERVE_PORT, 127.0.0.1:8080), behind the site's HTTPS proxy. Prints the address it
+    listens on, then serves until SIGTERM or Ctrl-C (exit 0).
+
+    Example: mailer serve --port 8080
+    """
+    from mailer import web  # waitress and the form parser: only this command needs them
+
+    host = settings.serve_host if args.host is None else args.host.strip("[]")
+    port = settings.serve_port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port}: must be 0 to 65535 (0: any free port)")
+    app = web.UnsubscribeApp(settings)
+    try:
+        server = web.make_server(app, host, port)
+
+        def stop(signum: int, frame: object) -> None:
+            raise SystemExit(0)  # waitress's loop ends on it and lets the requests in hand finish
+
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            for url in web.listening(server):
+                _out(f"listening on {url}")
+            sys.stdout.flush()
+            log.info("serving the unsubscribe endpoint on %s", ", ".join(web.listening(server)))
+            server.run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            server.close()
+    finally:
+        app.close()
+    log.info("the unsubscribe endpoint stopped")
+    return EXIT_OK
+
+
 # -- helpers -----------------------------------------------------------------------------
 
 
 def _issue_path(args: argparse.Namespace, settings: Settings) -> Path:
+    from mailer.issue import resolve_issue_path
+
     path = resolve_issue_path(args.issue, settings.issues_dir)
     _tag.issue = path.stem
     return path
@@ -327,6 +395,8 @@ def _issue_path(args: argparse.Namespace, settings: Settings) -> Path:
 
 def _issue_key(args: argparse.Namespace, settings: Settings) -> str:
     """The date of an issue for the ledger; the file need not exist any more."""
+    from mailer.issue import load_issue
+
     path = _issue_path(args, settings)
     if path.stem and len(path.stem) == 10 and path.stem[4] == "-":
         return path.stem
@@ -339,6 +409,8 @@ def _print_warnings(prepared: Prepared) -> None:
 
 
 def _print_dry_run(prepared: Prepared, settings: Settings, subscribers: Path, outbox: Path | None) -> int:
+    from mailer.send import dry_run
+
     with dry_run(prepared, settings, subscribers, outbox=outbox) as plan:
         write = sys.stdout.write
         for r in plan.recipients:
@@ -374,6 +446,8 @@ def _with_signals(run: Callable[[threading.Event], Outcome]) -> Outcome:
 
 def _summarise(outcome: Outcome, what: str) -> None:
     """What to do next, if anything, then the summary: the last line of a run's log."""
+    from mailer.progress import elapsed
+
     c, t = outcome.counts, outcome.tally
     if outcome.error is not None:
         log.error("%s (exit %d); run the same command again to resume", outcome.error, outcome.exit_code)
@@ -410,6 +484,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "unsuppress": cmd_unsuppress,
     "inbox": cmd_inbox,
     "config": cmd_config,
+    "serve": cmd_serve,
 }
 
 
@@ -484,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="classify and print; change nothing")
     p.add_argument("--json", action="store_true", help="one JSON object")
     add("config")
+    p = add("serve")
+    p.add_argument("--host", help="address to listen on (default $MAILER_SERVE_HOST, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default $MAILER_SERVE_PORT, else 8080; 0: any free one)")
     return parser
 
 
@@ -495,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     _setup_logging(args.verbose)
     try:
+        from mailer.config import load_settings
+
         settings = load_settings(args.env_file)
         return COMMANDS[args.command](args, settings)
     except IssueInvalid as exc:

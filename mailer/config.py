@@ -74,7 +74,10 @@ class Settings(BaseModel):
     subscribers: Path = Path("subscribers.csv")
     issues_dir: Path = Path("issues")
     state_dir: Path = Path("state")
+    templates_dir: Path | None = None
     bounce_address: str | None = None
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=8080, ge=1, le=65535)
     inbox_imap_host: str | None = None
     inbox_imap_port: int = Field(default=993, ge=1, le=65535)
     inbox_imap_user: str | None = None
@@ -93,6 +96,13 @@ class Settings(BaseModel):
         if value is not None and "{token}" not in value:
             raise ValueError("must contain {token} where the unsubscribe token goes")
         return value
+
+    @field_validator("serve_host")
+    @classmethod
+    def _check_serve_host(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._:%-]+", value.strip("[]")):
+            raise ValueError("must be a host name or IP address to listen on, such as 127.0.0.1")
+        return value.strip("[]")
 
     @field_validator("unsubscribe_mailto")
     @classmethod

@@ -88,3 +88,8 @@ class ConnectFailed(MailerError):
     def __init__(self, message: str, *, fatal: bool = False) -> None:
         super().__init__(message)
         self.fatal = fatal
+
+
+class Withheld(MailerError):
+    """At the point of no return the recipient was no longer to be sent to (unsubscribed
+    during the run): the message was abandoned before its final dot."""

@@ -16,7 +16,7 @@ from mailer.bounces import KINDS, Finding, classify
 from mailer.config import Settings
 from mailer.ledger import Ledger
 from mailer.mailboxes import Source
-from mailer.message import message_id_digest
+from mailer.tokens import message_id_digest
 from mailer.verp import mac
 from mailer.verp import read_token as read_verp
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailer.errors import LedgerError
+from mailer.errors import InputError, LedgerError
 from mailer.subscribers import Recipient, SkippedRow
 
 FILE_NAME = "ledger.sqlite3"
@@ -140,7 +140,19 @@ class PlanCounts:
     done_before: int = 0
 
 
-_MARK_DOT = "UPDATE deliveries SET status=?, attempts=?, updated_at=? WHERE issue=? AND key=?"
+# The point of no return: the row goes in flight only if it is still pending and its address
+# is not suppressed (unsubscribed meanwhile by `mailer unsubscribe`, `serve` or `inbox`). One
+# statement, so no unsubscribe can fall between the check and the record. A bounce does not
+# count when `replay --permanent` sends to bounced addresses on purpose (?1).
+_MARK_DOT = (
+    "UPDATE deliveries SET status=?2, attempts=?3, updated_at=?4 WHERE issue=?5 AND key=?6 "
+    "AND status='pending' AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key "
+    "AND (s.reason != 'bounced' OR NOT ?1))"
+)
+# When it did not go in flight: a pending row was withheld because of the suppression list.
+_WITHHELD = (
+    "UPDATE deliveries SET status='suppressed', updated_at=? WHERE issue=? AND key=? AND status='pending'"
+)
 _RECORD = (
     "UPDATE deliveries SET status=?, attempts=?, last_code=?, last_message=?, permanent=?, "
     "updated_at=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END WHERE issue=? AND key=?"
@@ -162,7 +174,7 @@ class Ledger:
     contend for SQLite's write lock, whose busy handler sleeps for milliseconds at a time.
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False, busy_timeout: float = 60.0) -> None:
         self.path = path
         self.lock = threading.Lock()
         # Refuse a newer ledger before SQLite opens it: even setting the journal mode, or a
@@ -172,10 +184,10 @@ class Ledger:
             path.parent.mkdir(parents=True, exist_ok=True)
         uri = _uri(path) + ("?mode=ro" if read_only else "")
         self.db = sqlite3.connect(
-            uri, uri=True, isolation_level=None, timeout=60, check_same_thread=False
+            uri, uri=True, isolation_level=None, timeout=busy_timeout, check_same_thread=False
         )
         try:
-            self.db.execute("PRAGMA busy_timeout=60000")
+            self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             version = self._version()
             self._refuse_newer(version)  # a version still in the WAL, not yet in the header
             if not read_only:
@@ -361,22 +373,29 @@ class Ledger:
     # -- delivery events ------------------------------------------------------------------
 
     def mark_dot(
-        self, issue: str, key: str, attempts: int, sent: tuple[str, int, str] | None = None
-    ) -> None:
-        """Durably record, before it is sent, that the final dot is going out.
+        self, issue: str, key: str, attempts: int, sent: tuple[str, int, str] | None = None,
+        *, bounces_allowed: bool = False,
+    ) -> bool:
+        """Durably record, before it is sent, that the final dot is going out; False when it
+        must not go out: the row is no longer pending, or the address is now suppressed (the
+        row is then `suppressed`).
 
         `sent` is the same connection's previous message, (key, attempts, reply), when its
         success is not recorded yet: both go in one commit, so a run costs one commit per
         message and a connection never has more than one message in flight in the ledger.
         """
-        dot = (IN_FLIGHT, attempts, now(), issue, key)
+        dot = (int(bounces_allowed), IN_FLIGHT, attempts, now(), issue, key)
         with self.lock:
             if sent is None:
-                self.db.execute(_MARK_DOT, dot)
-                return
-            with self._transaction("DEFERRED"):
-                self.db.execute(_RECORD, _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False))
-                self.db.execute(_MARK_DOT, dot)
+                marked = self.db.execute(_MARK_DOT, dot).rowcount == 1
+            else:
+                record = _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False)
+                with self._transaction("DEFERRED"):
+                    self.db.execute(_RECORD, record)
+                    marked = self.db.execute(_MARK_DOT, dot).rowcount == 1
+            if not marked:  # rare, so out of the common path's statement
+                self.db.execute(_WITHHELD, (now(), issue, key))
+        return marked
 
     def record(
         self,
@@ -536,6 +555,31 @@ class Ledger:
             (issue,),
         ).fetchall())
 
+    def suppression_reason(self, email: str) -> str | None:
+        """Why the address is on the suppression list, or None."""
+        with self.lock:
+            row = self.db.execute("SELECT reason FROM suppressions WHERE key=?", (email.lower(),)).fetchone()
+        return None if row is None else str(row[0])
+
+    def resubscribe(self, email: str) -> bool:
+        """Lift an unsubscribe, never a bounce or a complaint; True when one was lifted."""
+        with self.lock:
+            cursor = self.db.execute(
+                "DELETE FROM suppressions WHERE key=? AND reason='unsubscribed'", (email.lower(),)
+            )
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def check(path: Path) -> None:
+        """Raise unless the file is a ledger this mailer can read (opened afresh, read only)."""
+        if not path.is_file():
+            raise LedgerError(f"{path}: no ledger here")
+        ledger = Ledger(path, read_only=True, busy_timeout=2.0)
+        try:
+            ledger.db.execute("SELECT count(*) FROM (SELECT 1 FROM suppressions LIMIT 1)").fetchone()
+        finally:
+            ledger.close()
+
     def is_suppressed(self, email: str) -> bool:
         return self.db.execute(
             "SELECT 1 FROM suppressions WHERE key=?", (email.lower(),)
@@ -604,3 +648,15 @@ class Ledger:
             "ON CONFLICT (key, issue) DO UPDATE SET status=excluded.status, received_at=excluded.received_at",
             (email.lower(), issue, status, now()),
         )
+
+
+def open_ledger(state_dir: Path, issue: str | None = None, *, read_only: bool = False) -> Ledger:
+    """The ledger of a state directory that must already hold this issue."""
+    path = state_dir / FILE_NAME
+    if not path.is_file():
+        raise InputError(f"{path}: no ledger here; nothing has been sent from this state directory")
+    ledger = Ledger(path, read_only=read_only)
+    if issue is not None and not ledger.has_issue(issue):
+        ledger.close()
+        raise InputError(f"{path}: issue {issue} has never been sent from here")
+    return ledger

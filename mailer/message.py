@@ -8,7 +8,6 @@ segment ends in a soft line break, so joining never makes a line longer than RFC
 from __future__ import annotations
 
 import binascii
-import hashlib
 import secrets
 import time
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ from markupsafe import escape
 from mailer.config import Settings
 from mailer.render import Personalisable, RenderedIssue, greeting
 from mailer.subscribers import Recipient
-from mailer.tokens import make_token
+from mailer.tokens import make_token, message_id_digest
 from mailer.transport import Transparent
 from mailer.verp import envelope_sender
 
@@ -186,12 +185,6 @@ class MessageFactory:
         if self._date[0] != second:
             self._date = (second, f"Date: {formatdate(second, localtime=True)}\r\n".encode())
         return self._date[1]
-
-
-def message_id_digest(list_id: str, issue: str, email: str) -> str:
-    """The part of a Message-ID that names the recipient; a returned message quoting it
-    names them again (see mailer.inbox)."""
-    return hashlib.sha256(f"{list_id}|{issue}|{email.lower()}".encode()).hexdigest()[:32]
 
 
 def _part_headers(content_type: str) -> bytes:

@@ -277,7 +277,11 @@ class OutboxTransport:
             temporary.write_bytes(b"Return-Path: <" + sender.encode() + b">\r\n" + message)
         except OSError as exc:
             raise DeliveryError(f"cannot write {temporary}: {exc.strerror}", transient=True) from None
-        before_dot()
+        try:
+            before_dot()
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # not to be delivered after all
+            raise
         os.replace(temporary, target)
         return f"250 written to {target.name}"
 
