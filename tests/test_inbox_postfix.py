@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import ledger_rows
@@ -117,3 +118,26 @@ def test_postfix_gives_up_on_a_deferred_message_a_soft_bounce(
     assert [(m["address"], m["status"], m["issue"]) for m in soft] == [("slow3@example.org", "4.4.1", ISSUE)]
     assert soft[0]["outcome"] == "counted: 1 of 3 soft bounces in 30 days"
     assert body["suppressed"] == 0
+
+
+def test_a_postfix_bounce_piped_to_the_installed_command(
+    relay_env, issue_file, tmp_path, capsys, monkeypatch
+) -> None:
+    """As a Postfix `pipe` transport runs it: `mailer inbox -`, the message on standard input,
+    in a process of its own; a second delivery of the same bounce changes nothing."""
+    import os
+    import sys
+
+    monkeypatch.setenv("MAILER_BOUNCE_ADDRESS", "bounces@example.org")
+    send(tmp_path, issue_file, ["gone3@example.org", "ann@example.org"])
+    relay_env.wait_for(lambda: len(relay_env.messages("bounces")) >= 1, 90, "the bounce")
+    raw = relay_env.messages("bounces")[0].read_bytes()
+    mailer = [str(Path(sys.executable).parent / "mailer"), "inbox", "-"]
+    outputs = []
+    for _ in range(2):
+        done = subprocess.run(mailer, input=raw, capture_output=True, env=dict(os.environ), timeout=120)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.decode().splitlines()[0])
+    assert outputs == [f"hard  gone3@example.org  5.1.1  {ISSUE}  suppressed",
+                       f"hard  gone3@example.org  5.1.1  {ISSUE}  already read: nothing changed"]
+    assert ledger_rows(tmp_path / "state", ISSUE)["gone3@example.org"]["status"] == "bounced"
