@@ -165,7 +165,8 @@ class Inbox:
                 return
             detail = f"{count} soft bounces in 30 days, the last {finding.status}, issue {issue}"
             result.suppressed = self.ledger.suppress(address, "bounced", detail)
-            result.outcome = f"suppressed: {count} soft bounces in 30 days"
+            result.outcome = f"suppressed: {count} soft bounces in 30 days" if result.suppressed else (
+                "already suppressed")
             return
         reason = REASONS[finding.kind]
         what = {"hard": f"{finding.status} returned", "complaint": "a complaint",

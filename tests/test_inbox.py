@@ -274,6 +274,9 @@ def test_a_send_a_hard_bounce_then_the_next_issue_skips_the_address(
     message_id = sent_ids(smtp)["gmail.user@gmail.example"][0]
     assert inbox_json(capsys, str(maildir(tmp_path / "b", [fill("gmail.eml", message_id)])))["hard"] == 1
     smtp.recorder.messages.clear()
+    # The bounced issue's re-run: its row is done (bounced), nothing is sent again, exit 0.
+    assert run(capsys, "send", str(issue_file))[0] == 0
+    assert smtp.recorder.messages == []
     assert run(capsys, "send", str(issue_for_date(issue_file, "2026-11-25")))[0] == 0
     assert [r[0] for _, r, _ in smtp.recorder.messages] == ["ann@example.org"]
     report = json.loads(run(capsys, "report", "2026-11-25", "--json")[1])
