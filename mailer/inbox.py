@@ -9,11 +9,13 @@ counts, and each message counts once however often it is read.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from mailer.bounces import KINDS, Finding, classify
 from mailer.config import Settings
+from mailer.errors import TryLater
 from mailer.ledger import Ledger
 from mailer.mailboxes import Source
 from mailer.tokens import message_id_digest
@@ -122,7 +124,13 @@ class Inbox:
                 for item in source.messages():
                     finding = classify(item.data, secret=self.settings.secret,
                                        unsubscribe_to=self.settings.unsubscribe_mailto)
-                    result = self.apply(finding, source.name)
+                    try:
+                        result = self.apply(finding, source.name)
+                    except sqlite3.Error as exc:  # locked for a minute by another process, a full disk
+                        raise TryLater(
+                            f"{self.ledger.path}: the ledger cannot be written ({exc}); the message "
+                            "stays where it was, run again later"
+                        ) from None
                     if finding.kind != "other" and not self.dry_run:
                         source.done(item)  # after the ledger's commit: a crash reads it again
                     yield result

@@ -418,3 +418,55 @@ def test_without_an_unsubscribe_address_only_the_subject_is_read(sent, smtp, tmp
     body = inbox_json(capsys, str(maildir(tmp_path / "b", [copy, asked])))
     assert sorted((m["kind"], str(m["address"])) for m in body["messages"]) == [
         ("other", "None"), ("unsubscribe", "bob@example.net")]
+
+
+def test_the_verp_address_fits_a_local_part_at_the_longest_bounce_address_allowed(
+    clean, capsys, monkeypatch
+) -> None:
+    from mailer.verp import envelope_sender
+
+    local = "b" * 38
+    monkeypatch.setenv("MAILER_BOUNCE_ADDRESS", f"{local}@example.org")
+    assert run(capsys, "config")[0] == 0
+    sender = envelope_sender(f"{local}@example.org", "test-secret", ISSUE, "Ann.Long.Name@Example.org")
+    assert len(sender.partition("@")[0]) == 64
+    same = envelope_sender(f"{local}@example.org", "test-secret", ISSUE, "ann.long.name@example.org")
+    assert sender == same
+    monkeypatch.setenv("MAILER_BOUNCE_ADDRESS", f"{local}b@example.org")
+    assert run(capsys, "config")[0] == 2
+
+
+def test_a_ledger_held_by_another_writer_is_exit_75_and_nothing_is_lost(
+    sent, tmp_path, capsys, monkeypatch
+) -> None:
+    """The ledger locked past the busy timeout (shortened here): exit 75, the message unread,
+    so that the next run (or Postfix's retry of a pipe) reads it again."""
+    monkeypatch.setattr(sqlite3, "connect", _short_timeout(sqlite3.connect))
+    holder = sqlite3.connect(tmp_path / "state" / "ledger.sqlite3")
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        code, _, err = run(capsys, "inbox", str(maildir(tmp_path / "b", [fill("qmail.eml")])))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert code == 75 and "the ledger cannot be written" in err and len(err.splitlines()) == 1
+    assert inbox_json(capsys, str(tmp_path / "b"))["messages"][0]["outcome"] == "suppressed"
+
+
+def _short_timeout(connect):
+    def short(*args, **kwargs):
+        db = connect(*args, **{**kwargs, "timeout": 0.2})
+        real = db.execute
+
+        class Wrapped:
+            def __getattr__(self, name):
+                return getattr(db, name)
+
+            def execute(self, sql, *rest):
+                if sql.startswith("PRAGMA busy_timeout"):
+                    sql = "PRAGMA busy_timeout=200"
+                return real(sql, *rest)
+
+        return Wrapped()
+
+    return short
