@@ -7,6 +7,7 @@ final "." over SMTP, the rename in the outbox), so the caller can record it dura
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -14,6 +15,7 @@ import re
 import smtplib
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,7 @@ from mailer.verdicts import (
 )
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9@._+-]")
+_MAX_REPLY = 65536  # bytes of a reply line not yet ended: more is not a server speaking SMTP
 _SETTING_FOR_STAGE = {
     AUTH: "MAILER_SMTP_USER and MAILER_SMTP_PASSWORD",
     STARTTLS: "MAILER_SMTP_SECURITY",
@@ -124,6 +127,9 @@ class SMTPTransport:
         self.settings = settings
         self.host = settings.smtp_host or ""
         self.smtp: smtplib.SMTP | None = None
+        self._sock: socket.socket | None = None
+        self._buffer = b""  # replies received and not yet read, from `_start` on
+        self._start = 0
 
     def open(self) -> None:
         s = self.settings
@@ -177,6 +183,67 @@ class SMTPTransport:
         except (OSError, smtplib.SMTPException) as exc:
             raise ConnectFailed(f"{where}: cannot connect: {_scrub(str(exc), s.smtp_password)}") from None
         self.smtp = smtp
+        self._sock = smtp.sock
+        self._buffer, self._start = b"", 0
+        self._kernel_timeouts(smtp.sock)
+
+    def _kernel_timeouts(self, sock: socket.socket) -> None:
+        """A plain socket blocks, with the time-out kept by the kernel (`SO_RCVTIMEO`,
+        `SO_SNDTIMEO`): a socket with a Python time-out polls before every call, two system
+        calls where one does. A TLS socket keeps Python's time-out."""
+        if isinstance(sock, ssl.SSLSocket):
+            return
+        seconds = self.settings.smtp_timeout
+        interval = struct.pack("ll", int(seconds), int((seconds - int(seconds)) * 1_000_000))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+        except (OSError, struct.error):
+            return  # not on this system: Python's time-out stays
+        sock.settimeout(None)
+
+    def _write(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            raise smtplib.SMTPServerDisconnected("not connected")
+        try:
+            sock.sendall(data)
+        except BlockingIOError:  # SO_SNDTIMEO ran out
+            raise TimeoutError("timed out") from None
+
+    def _reply(self) -> tuple[int, bytes]:
+        """The next reply (code, text), as smtplib's `getreply` parses it, from one buffer
+        that usually holds all the replies of a pipelined group after one `recv`."""
+        buffer, start, lines = self._buffer, self._start, []
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                if len(buffer) - start > _MAX_REPLY:
+                    raise smtplib.SMTPResponseException(500, "Line too long.")
+                sock = self._sock
+                if sock is None:
+                    raise smtplib.SMTPServerDisconnected("not connected")
+                try:
+                    chunk = sock.recv(65536)
+                except BlockingIOError:  # SO_RCVTIMEO ran out
+                    raise TimeoutError("timed out") from None
+                if not chunk:
+                    raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+                buffer, start = buffer[start:] + chunk, 0
+                continue
+            line, start = buffer[start:end + 1], end + 1
+            lines.append(line[4:].strip(b" \t\r\n"))
+            if line[3:4] != b"-":
+                self._buffer, self._start = buffer, start
+                try:
+                    code = int(line[:3])
+                except ValueError:
+                    code = -1
+                return code, b"\n".join(lines)
+
+    def _command(self, line: bytes) -> tuple[int, bytes]:
+        self._write(line)
+        return self._reply()
 
     def _hello(self, smtp: smtplib.SMTP) -> None:
         code, text = smtp.ehlo()
@@ -232,16 +299,16 @@ class SMTPTransport:
 
     def close(self) -> None:
         if self.smtp is not None:
-            try:
-                self.smtp.quit()
-            except (OSError, smtplib.SMTPException):
-                self.smtp.close()
-            self.smtp = None
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                self._command(b"QUIT\r\n")
+            self._drop()
 
     def _drop(self) -> None:
         if self.smtp is not None:
             self.smtp.close()
             self.smtp = None
+        self._sock = None
+        self._buffer, self._start = b"", 0
 
     def _refused(self, stage: str, code: int, text: bytes) -> DeliveryError:
         error = classify_reply(stage, code, _text(text))
@@ -249,7 +316,7 @@ class SMTPTransport:
             self._drop()  # 421: the server is closing this session
         else:
             try:
-                self.smtp.rset()
+                self._command(b"RSET\r\n")
             except (OSError, smtplib.SMTPException):
                 self._drop()
         return error
@@ -264,24 +331,22 @@ class SMTPTransport:
             for stage, command, accepted in ((MAIL, f"mail FROM:<{sender}>", (250,)),
                                              (RCPT, f"rcpt TO:<{recipient}>", (250, 251)),
                                              (DATA, "data", (354,))):
-                smtp.putcmd(command)
-                code, text = smtp.getreply()
+                code, text = self._command(f"{command}\r\n".encode("ascii"))
                 if code not in accepted:
                     raise self._refused(answered_stage(stage, _text(text), sender, recipient), code, text)
             return
         # RFC 2920: DATA ends the group; every reply is read before acting on any of them.
-        smtp.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
+        self._write(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
         replies = []
         for stage in (MAIL, RCPT, DATA):
-            code, text = smtp.getreply()
+            code, text = self._reply()
             if code == 421:  # the server is closing: there are no more replies to read
                 raise self._refused(stage, code, text)
             replies.append((code, text))
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         rcpt_stage = answered_stage(RCPT, _text(rcpt_text), sender, recipient)
         if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
-            smtp.send(b".\r\n")  # a server that said 354 anyway gets an empty message ended
-            smtp.getreply()
+            self._command(b".\r\n")  # a server that said 354 anyway gets an empty message ended
         if mail_code != 250:
             raise self._refused(MAIL, mail_code, mail_text)
         if rcpt_code not in (250, 251):
@@ -296,7 +361,7 @@ class SMTPTransport:
         assert smtp is not None
         try:
             self._envelope(smtp, sender, recipient)
-            smtp.send(dot_stuff(message))
+            self._write(dot_stuff(message))
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
             raise DeliveryError(
@@ -308,8 +373,7 @@ class SMTPTransport:
             self._drop()  # mid-DATA: a QUIT now would be read as message text, so just close
             raise
         try:
-            smtp.send(b".\r\n")
-            code, text = smtp.getreply()
+            code, text = self._command(b".\r\n")
         except (OSError, smtplib.SMTPException) as exc:
             # RFC 5321 4.5.3.2: the server may have accepted the message; resending risks a
             # second copy, so the caller records it as in doubt.
