@@ -11,6 +11,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -170,6 +171,17 @@ def _record_args(
     return (status, attempts, code, message, int(permanent), stamp, status, stamp, issue, key)
 
 
+@dataclass(slots=True)
+class _DotRequest:
+    """One final dot's record, waiting for a commit (`Ledger.mark_dot`)."""
+
+    dot: tuple[object, ...]
+    record: tuple[object, ...] | None
+    marked: bool = False
+    done: bool = False
+    error: BaseException | None = None
+
+
 class Ledger:
     """One connection to the ledger, shared by the threads of a run.
 
@@ -180,6 +192,7 @@ class Ledger:
     def __init__(self, path: Path, *, read_only: bool = False, busy_timeout: float = 60.0) -> None:
         self.path = path
         self.lock = threading.Lock()
+        self._dots: deque[_DotRequest] = deque()  # final dots' records waiting for a commit
         # Refuse a newer ledger before SQLite opens it: even setting the journal mode, or a
         # reader's -wal and -shm files, would change what a newer mailer left there.
         self._refuse_newer(_header_version(path))
@@ -425,19 +438,47 @@ class Ledger:
         `sent` is the same connection's previous message, (key, attempts, reply), when its
         success is not recorded yet: both go in one commit, so a run costs one commit per
         message and a connection never has more than one message in flight in the ledger.
+
+        Group commit: the records of the connections that are waiting at the same moment go
+        in one transaction, committed by whichever of them takes the lock first; each call
+        returns only once its own record is committed (or raises what the commit raised).
         """
-        dot = (int(bounces_allowed), IN_FLIGHT, attempts, now(), issue, key)
+        record = None if sent is None else _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False)
+        request = _DotRequest((int(bounces_allowed), IN_FLIGHT, attempts, now(), issue, key), record)
+        self._dots.append(request)  # deque.append is atomic
         with self.lock:
-            if sent is None:
-                marked = self.db.execute(_MARK_DOT, dot).rowcount == 1
+            if not request.done:
+                self._commit_dots()
+        if request.error is not None:
+            raise request.error
+        return request.marked
+
+    def _commit_dots(self) -> None:
+        """Commit every record waiting (holds `lock`)."""
+        batch = []
+        with contextlib.suppress(IndexError):
+            while True:
+                batch.append(self._dots.popleft())
+        try:
+            if len(batch) == 1 and batch[0].record is None:
+                batch[0].marked = self.db.execute(_MARK_DOT, batch[0].dot).rowcount == 1
             else:
-                record = _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False)
                 with self._transaction("DEFERRED"):
-                    self.db.execute(_RECORD, record)
-                    marked = self.db.execute(_MARK_DOT, dot).rowcount == 1
-            if not marked:  # rare, so out of the common path's statement
-                self.db.execute(_WITHHELD, (now(), issue, key))
-        return marked
+                    for request in batch:
+                        if request.record is not None:
+                            self.db.execute(_RECORD, request.record)
+                        request.marked = self.db.execute(_MARK_DOT, request.dot).rowcount == 1
+            for request in batch:
+                if not request.marked:  # rare, so out of the common path's statement
+                    issue, key = request.dot[4], request.dot[5]
+                    self.db.execute(_WITHHELD, (now(), issue, key))
+        except BaseException as exc:
+            for request in batch:
+                request.marked, request.error = False, exc
+            raise
+        finally:
+            for request in batch:
+                request.done = True
 
     def record(
         self,
