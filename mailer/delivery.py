@@ -162,7 +162,7 @@ class Delivery:
         self.lift_bounces = lift_bounces
         self.plan = plan
         self.pacer = Pacer(settings.rate_limit)
-        lock = threading.Lock()
+        lock = self._lock = threading.Lock()  # entered directly on the hot path: cheaper than the Condition
         self._cond = threading.Condition(lock)  # work to take, or the run's end
         self._room = threading.Condition(lock)  # room in the queue, for the feeder
         self._queue: deque[_Job] = deque()
@@ -214,7 +214,7 @@ class Delivery:
 
     def _take(self, idle: Callable[[], None]) -> _Job | None:
         """The next job due; `idle` runs (outside the lock) before waiting for one."""
-        with self._cond:
+        with self._lock:
             while True:
                 if self._stopping():
                     return None
@@ -243,10 +243,12 @@ class Delivery:
                 return job
 
     def _finish(self, retry: _Job | None = None) -> None:
-        with self._cond:
+        with self._lock:
             self._busy -= 1
             if retry is not None:
                 heapq.heappush(self._retries, retry)
+            elif self._busy or self._queue:
+                return  # nobody waits for this: a waiting connection waits for work or the end
             self._cond.notify_all()
 
     # -- the run --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from mailer.verdicts import (
 )
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9@._+-]")
+_UNUSUAL_SPACE = re.compile(rb"[\t\n\r\x0b\x0c]|  ")  # what `_text` would change in a reply
 _MAX_REPLY = 65536  # bytes of a reply line not yet ended: more is not a server speaking SMTP
 _SETTING_FOR_STAGE = {
     AUTH: "MAILER_SMTP_USER and MAILER_SMTP_PASSWORD",
@@ -383,6 +384,8 @@ class SMTPTransport:
             ) from None
         if code != 250:
             raise self._refused(DOT, code, text)
+        if text.isascii() and not _UNUSUAL_SPACE.search(text):
+            return f"{code} {text.decode('ascii')}"  # the usual reply: as `_text` would make it
         return f"{code} {_text(text)}"
 
 
