@@ -65,6 +65,18 @@ class Transport(Protocol):
         ...
 
 
+class Pipelining(Protocol):
+    """A transport that can send the next message's envelope with a message's final dot."""
+
+    @property
+    def pipelines(self) -> bool: ...
+
+    def send(
+        self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None],
+        following: Callable[[], tuple[str, str] | None] | None = None,
+    ) -> str: ...
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -131,6 +143,14 @@ class SMTPTransport:
         self._sock: socket.socket | None = None
         self._buffer = b""  # replies received and not yet read, from `_start` on
         self._start = 0
+        # (sender, recipient) whose MAIL, RCPT and DATA went out with the last final dot,
+        # their replies not read yet
+        self._announced: tuple[str, str] | None = None
+
+    @property
+    def pipelines(self) -> bool:
+        """Whether the server takes commands in groups (RFC 2920), as far as known now."""
+        return self.smtp is not None and self.smtp.has_extn("pipelining")
 
     def open(self) -> None:
         s = self.settings
@@ -186,13 +206,13 @@ class SMTPTransport:
         self.smtp = smtp
         self._sock = smtp.sock
         self._buffer, self._start = b"", 0
-        self._kernel_timeouts(smtp.sock)
+        self._kernel_timeouts(self._sock)
 
-    def _kernel_timeouts(self, sock: socket.socket) -> None:
+    def _kernel_timeouts(self, sock: socket.socket | None) -> None:
         """A plain socket blocks, with the time-out kept by the kernel (`SO_RCVTIMEO`,
         `SO_SNDTIMEO`): a socket with a Python time-out polls before every call, two system
         calls where one does. A TLS socket keeps Python's time-out."""
-        if isinstance(sock, ssl.SSLSocket):
+        if sock is None or isinstance(sock, ssl.SSLSocket):
             return
         seconds = self.settings.smtp_timeout
         interval = struct.pack("ll", int(seconds), int((seconds - int(seconds)) * 1_000_000))
@@ -299,6 +319,8 @@ class SMTPTransport:
         return ConnectFailed(f"{where}: {stage} refused: {reply}", verdict=judged)
 
     def close(self) -> None:
+        if self._announced is not None:
+            self._drop()  # mid-DATA of an announced message: a QUIT would be message text
         if self.smtp is not None:
             with contextlib.suppress(OSError, smtplib.SMTPException):
                 self._command(b"QUIT\r\n")
@@ -310,11 +332,14 @@ class SMTPTransport:
             self.smtp = None
         self._sock = None
         self._buffer, self._start = b"", 0
+        self._announced = None
 
     def _refused(self, stage: str, code: int, text: bytes) -> DeliveryError:
         error = classify_reply(stage, code, _text(text))
         if code == 421 or self.smtp is None:
             self._drop()  # 421: the server is closing this session
+        elif self._announced is not None:
+            pass  # the next message's MAIL, sent with the dot, began a new transaction already
         else:
             try:
                 self._command(b"RSET\r\n")
@@ -323,11 +348,13 @@ class SMTPTransport:
         return error
 
     def _envelope(self, smtp: smtplib.SMTP, sender: str, recipient: str) -> None:
-        """MAIL, RCPT and DATA up to the 354; in one round trip when the server pipelines.
+        """MAIL, RCPT and DATA up to the 354; in one round trip when the server pipelines,
+        none when they went out with the previous message's final dot.
 
         Both addresses were checked before (no space, angle bracket or line break can be in
         them), so they go out as they are rather than through smtplib's address parser.
         """
+        announced, self._announced = self._announced, None
         if not smtp.has_extn("pipelining"):
             for stage, command, accepted in ((MAIL, f"mail FROM:<{sender}>", (250,)),
                                              (RCPT, f"rcpt TO:<{recipient}>", (250, 251)),
@@ -337,7 +364,8 @@ class SMTPTransport:
                     raise self._refused(answered_stage(stage, _text(text), sender, recipient), code, text)
             return
         # RFC 2920: DATA ends the group; every reply is read before acting on any of them.
-        self._write(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
+        if announced is None:
+            self._write(_envelope_group(sender, recipient))
         replies = []
         for stage in (MAIL, RCPT, DATA):
             code, text = self._reply()
@@ -355,7 +383,16 @@ class SMTPTransport:
         if data_code != 354:
             raise self._refused(DATA, data_code, data_text)
 
-    def send(self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None]) -> str:
+    def send(
+        self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None],
+        following: Callable[[], tuple[str, str] | None] | None = None,
+    ) -> str:
+        """`following`, called once the dot is recorded: the (sender, recipient) of this
+        connection's next message, if there is one now, whose MAIL, RCPT and DATA then go out
+        in the same write as this final dot (RFC 2920 lets a group follow the end of the
+        data). The reply to the dot is the first to come back, so it is this message's."""
+        if self._announced is not None and self._announced != (sender, recipient):
+            self._drop()  # the message announced is not to be sent after all: never its dot
         if self.smtp is None:
             self.open()
         smtp = self.smtp
@@ -373,8 +410,14 @@ class SMTPTransport:
         except BaseException:
             self._drop()  # mid-DATA: a QUIT now would be read as message text, so just close
             raise
+        announce = following() if following is not None and smtp.has_extn("pipelining") else None
         try:
-            code, text = self._command(b".\r\n")
+            if announce is not None:
+                self._announced = announce
+                self._write(b".\r\n" + _envelope_group(*announce))
+            else:
+                self._write(b".\r\n")
+            code, text = self._reply()
         except (OSError, smtplib.SMTPException) as exc:
             # RFC 5321 4.5.3.2: the server may have accepted the message; resending risks a
             # second copy, so the caller records it as in doubt.
@@ -426,6 +469,10 @@ class OutboxTransport:
             raise
         os.replace(temporary, target)
         return f"250 written to {target.name}"
+
+
+def _envelope_group(sender: str, recipient: str) -> bytes:
+    return f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")
 
 
 def _b64(data: bytes) -> str:
