@@ -69,9 +69,24 @@ class Outcome:
         return 0 if self.complete else 1
 
 
+def check_outbox(settings: Settings, outbox: Path | None) -> None:
+    """An outbox keeps a ledger of its own: in the state directory it would be the real one,
+    and the real send would then find everyone delivered."""
+    if outbox is None:
+        return
+    state = settings.state_dir.resolve()
+    target = outbox.resolve()
+    if target == state or state in target.parents:
+        raise InputError(
+            f"--outbox {outbox}: inside the state directory ({settings.state_dir}), where its "
+            "ledger would be taken for the real one; choose another directory"
+        )
+
+
 def transport_factory(settings: Settings, outbox: Path | None) -> Callable[[], Transport]:
     """Outbox when asked for, else SMTP: checked now, before any connection."""
     if outbox is not None:
+        check_outbox(settings, outbox)
         return lambda: OutboxTransport(outbox)
     check_smtp_settings(settings)
     return lambda: SMTPTransport(settings)
@@ -222,6 +237,7 @@ def dry_run(
     prepared: Prepared, settings: Settings, subscribers: Path, *, outbox: Path | None = None
 ) -> Iterator[DryRun]:
     """Connects to nothing and writes no ledger row: the plan is made in a scratch ledger."""
+    check_outbox(settings, outbox)
     rows = read_subscribers(subscribers)
     real = (outbox if outbox is not None else settings.state_dir) / FILE_NAME
     with tempfile.TemporaryDirectory(prefix="mailer-dry-run-") as scratch_dir:
