@@ -9,6 +9,7 @@ import itertools
 import logging
 import random
 import re
+import sqlite3
 import sys
 import threading
 import time
@@ -21,11 +22,13 @@ from mailer.config import Settings
 from mailer.errors import (
     ConnectFailed,
     DeliveryError,
+    InputError,
     Interrupted,
     LockHeld,
     RunStopped,
     ServerUnreachable,
     TryLater,
+    storage_error,
 )
 from mailer.ledger import Ledger
 from mailer.message import MessageFactory
@@ -51,8 +54,13 @@ _ADDRESS_STATUS = re.compile(r"[245]\d\d[ -][245]\.1\.\d{1,3}\b")
 @contextlib.contextmanager
 def run_lock(state_dir: Path) -> Iterator[None]:
     """One send or replay at a time per state directory; the kernel frees it if we die."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = (state_dir / LOCK_NAME).open("a")
+    try:
+        if state_dir.exists() and not state_dir.is_dir():
+            raise InputError(f"{state_dir}: the state directory is a file, not a directory")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = (state_dir / LOCK_NAME).open("a")
+    except OSError as exc:
+        raise storage_error(exc, state_dir) from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -61,6 +69,15 @@ def run_lock(state_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def _stopped_by(exc: Exception, ledger: Path) -> TryLater:
+    """An error on this machine in the middle of a run (a full disk, say): the run stops, and
+    re-running resumes."""
+    error = storage_error(exc, ledger) if isinstance(exc, OSError | sqlite3.Error) else exc
+    if isinstance(error, TryLater):
+        return type(error)(f"{error}; stopped early, the rest left pending")
+    return RunStopped(f"stopped by an error: {error}; the rest left pending")
 
 
 def backoff(attempt: int, base: float) -> float:
@@ -143,6 +160,7 @@ class Delivery:
         self.tally = tally or Tally()
         self.lift_bounces = lift_bounces
         self.pacer = Pacer(settings.rate_limit)
+        self.debug = log.isEnabledFor(logging.DEBUG)  # checked once, not once per message
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # work to take, or the run's end
         self._room = threading.Condition(lock)  # room in the queue, for the feeder
@@ -182,8 +200,7 @@ class Delivery:
         """Stop the run (the first reason wins) and wake everyone waiting."""
         with self._cond:
             if self._abort is None:
-                self._abort = error
-                log.error("%s", error)
+                self._abort = error  # logged once, by whoever reports how the run ended
             self._cond.notify_all()
             self._room.notify_all()
 
@@ -243,7 +260,7 @@ class Delivery:
         try:
             self._feed()
         except Exception as exc:  # the ledger could not be read: stop the workers cleanly
-            self._halt(RunStopped(f"stopped by an error reading the ledger: {exc}"))
+            self._halt(_stopped_by(exc, self.ledger.path))
         except BaseException:  # KeyboardInterrupt outside the command line: finish what is in flight
             self.stop.set()
             raise
@@ -289,7 +306,7 @@ class Delivery:
         except Exception as exc:
             # A full disk, a locked ledger, an unwritable outbox: a dead thread would leave
             # the run waiting for it for ever, holding the lock. Stop the run instead.
-            self._halt(RunStopped(f"stopped by an error: {exc}; the rest left pending"))
+            self._halt(_stopped_by(exc, self.ledger.path))
             with contextlib.suppress(Exception):
                 line.settle()  # the last success, if the ledger can still take it
         finally:
@@ -309,6 +326,8 @@ class Delivery:
             job.attempts = attempts
             return self._failed(job, exc, self.ledger)
         line.sent = (recipient.key, attempts, reply)
+        if self.debug:
+            log.debug("%s: sent on attempt %d (%s)", recipient.email, attempts, reply)
         if self.lift_bounces:
             self.ledger.unsuppress_bounce(recipient.email)
         self.pacer.success()

@@ -8,6 +8,7 @@ guarantee the final-dot record needs; surviving a power cut per message is not r
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -16,10 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailer.errors import LedgerError
+from mailer.errors import LedgerError, storage_error
 from mailer.subscribers import Recipient, SkippedRow
 
 FILE_NAME = "ledger.sqlite3"
+# How long to wait for another process's write (`mailer serve`, `unsubscribe`) before giving up.
+BUSY_TIMEOUT = 60.0
 STATUSES = ("sent", "failed", "in_doubt", "suppressed", "skipped", "pending")
 # `dot`: the final "." of the message is about to be sent or was sent with no reply yet.
 # After a crash such a row becomes `in_doubt`; in reports it already counts as one.
@@ -88,7 +91,7 @@ def _header_version(path: Path) -> int:
     try:
         with path.open("rb") as f:
             header = f.read(100)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter is reported when opening it
         return 0
     if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
         return 0
@@ -143,18 +146,33 @@ class Ledger:
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.lock = threading.Lock()
+        try:
+            self._open(read_only)
+        except (OSError, sqlite3.Error) as exc:
+            raise storage_error(exc, path) from None
+
+    def _open(self, read_only: bool) -> None:
+        path = self.path
         # Refuse a newer ledger before SQLite opens it: even setting the journal mode, or a
         # reader's -wal and -shm files, would change what a newer mailer left there.
         self._refuse_newer(_header_version(path))
         if not read_only:
+            if path.parent.exists() and not path.parent.is_dir():
+                raise LedgerError(f"{path.parent}: the state directory is a file, not a directory")
             path.parent.mkdir(parents=True, exist_ok=True)
         uri = _uri(path) + ("?mode=ro" if read_only else "")
-        self.db = sqlite3.connect(
-            uri, uri=True, isolation_level=None, timeout=60, check_same_thread=False
-        )
+        self.db = self._connect(uri)
         try:
-            self.db.execute("PRAGMA busy_timeout=60000")
-            version = self._version()
+            try:
+                version = self._version()
+            except sqlite3.OperationalError:
+                if not read_only or os.access(path.parent, os.W_OK):
+                    raise
+                # A reader on a read-only mount (a backup, say): SQLite cannot make the WAL's
+                # index there, so read the file as it is.
+                self.db.close()
+                self.db = self._connect(uri + "&immutable=1")
+                version = self._version()
             self._refuse_newer(version)  # a version still in the WAL, not yet in the header
             if not read_only:
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -168,6 +186,22 @@ class Ledger:
         except BaseException:
             self.db.close()
             raise
+
+    @staticmethod
+    def _connect(uri: str) -> sqlite3.Connection:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT,
+                             check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        return db
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """SQLite's and the OS's errors on this ledger as the mailer's own: a full disk or a
+        lock held elsewhere is a reason to try later, a broken file one to fix."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            raise storage_error(exc, self.path) from None
 
     @classmethod
     def in_dir(cls, state_dir: Path) -> Ledger:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from mailer.config import Settings
 from mailer.delivery import Delivery, Tally, run_lock
-from mailer.errors import InputError, SubscribersError, TryLater
+from mailer.errors import InputError, SubscribersError, TryLater, storage_error
 from mailer.issue import Issue, content_warnings, load_issue
 from mailer.ledger import FILE_NAME, Ledger, PlanCounts
 from mailer.message import MessageFactory
@@ -41,6 +42,8 @@ def prepare(path: Path, settings: Settings) -> Prepared:
     issue = load_issue(path)
     rendered = render_issue(issue, settings)
     html_bytes = rendered.html.static_size + 200  # plus one recipient's slots, roughly
+    log.debug("%s: %d stories, subject %r, HTML part about %d bytes", path, len(issue.stories),
+              issue.subject, html_bytes)
     return Prepared(path, issue, rendered, content_warnings(issue, html_bytes))
 
 
@@ -89,6 +92,7 @@ def transport_factory(settings: Settings, outbox: Path | None) -> Callable[[], T
         check_outbox(settings, outbox)
         return lambda: OutboxTransport(outbox)
     check_smtp_settings(settings)
+    settings.check_real_send()
     return lambda: SMTPTransport(settings)
 
 
@@ -107,13 +111,16 @@ def _deliver(
 ) -> Outcome:
     """What every run does, in order: settle a crash's messages in flight, make the rows ready
     (`ready`: the plan of the list, or the failures reset), then deliver inside a run record."""
-    outcome.recovered = ledger.recover(prepared.key)
-    if outcome.recovered:
-        log.warning("%d message(s) were in flight at a crash: now in doubt", outcome.recovered)
-    ready()
-    # unsubscribed since the plan, or since the run that left these pending stopped
-    ledger.apply_suppressions(prepared.key, except_bounces=lift_bounces)
-    run_id = ledger.start_run(prepared.key, kind)
+    with ledger.guard():  # a full disk while planning or at the end: 75, nothing half-written
+        outcome.recovered = ledger.recover(prepared.key)
+        if outcome.recovered:
+            log.warning("%d message(s) were in flight at a crash: now in doubt", outcome.recovered)
+        ready()
+        # unsubscribed since the plan, or since the run that left these pending stopped
+        ledger.apply_suppressions(prepared.key, except_bounces=lift_bounces)
+        run_id = ledger.start_run(prepared.key, kind)
+        pending = ledger.counts(prepared.key)["pending"]
+        log.debug("%s run %d of %s: %d pending", kind, run_id, prepared.key, pending)
     delivery = Delivery(
         ledger, prepared.key, factory, transports, settings,
         stop=stop, tally=outcome.tally, lift_bounces=lift_bounces,
@@ -122,8 +129,9 @@ def _deliver(
         delivery.run()
     except TryLater as exc:
         outcome.error = exc
-    outcome.counts = ledger.counts(prepared.key)
-    ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
+    with ledger.guard():
+        outcome.counts = ledger.counts(prepared.key)
+        ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
     return outcome
 
 
@@ -148,6 +156,7 @@ def send(
 
         def ready() -> None:
             outcome.plan = plan_list(ledger, prepared.key, rows, subscribers)
+            log.debug("plan of %s: %s", subscribers, outcome.plan)
 
         try:
             _deliver(ledger, prepared, factory, transports, settings, outcome, stop,
@@ -200,7 +209,8 @@ def replay_candidates(
     """Who `replay` would send to: (address, status, last reply), nothing changed."""
     ledger = open_ledger(settings.state_dir, issue, read_only=True)
     try:
-        return ledger.replay_candidates(issue, in_doubt=in_doubt, permanent=permanent)
+        with ledger.guard():
+            return ledger.replay_candidates(issue, in_doubt=in_doubt, permanent=permanent)
     finally:
         ledger.close()
 
@@ -211,7 +221,9 @@ def open_ledger(state_dir: Path, issue: str | None = None, *, read_only: bool = 
     if not path.is_file():
         raise InputError(f"{path}: no ledger here; nothing has been sent from this state directory")
     ledger = Ledger(path, read_only=read_only)
-    if issue is not None and not ledger.has_issue(issue):
+    with ledger.guard():
+        known = issue is None or ledger.has_issue(issue)
+    if not known:
         ledger.close()
         raise InputError(f"{path}: issue {issue} has never been sent from here")
     return ledger
@@ -240,22 +252,39 @@ def dry_run(
     check_outbox(settings, outbox)
     rows = read_subscribers(subscribers)
     real = (outbox if outbox is not None else settings.state_dir) / FILE_NAME
+    if real.parent.exists() and not real.parent.is_dir():  # the real run would stop there
+        raise InputError(f"{real.parent}: the state directory is a file, not a directory")
     with tempfile.TemporaryDirectory(prefix="mailer-dry-run-") as scratch_dir:
         scratch = Ledger(Path(scratch_dir) / FILE_NAME)
         try:
             if real.is_file():
                 Ledger(real, read_only=True).close()  # refuses a ledger newer than this mailer
-                scratch.copy_from(real, prepared.key)
-            plan = plan_list(scratch, prepared.key, rows, subscribers)
-            plan.suppressed += scratch.apply_suppressions(prepared.key)  # as the real run will
-            plan.pending = scratch.counts(prepared.key)["pending"]
-            skipped = [
-                (r["row"], r["email"], r["status"], r["reason"] or "on the suppression list")
-                for r in scratch.rows(prepared.key, ["skipped", "suppressed"])
-            ]
+                try:
+                    scratch.copy_from(real, prepared.key)
+                except sqlite3.Error as exc:
+                    raise storage_error(exc, real) from None
+            with scratch.guard():
+                plan = plan_list(scratch, prepared.key, rows, subscribers)
+                plan.suppressed += scratch.apply_suppressions(prepared.key)  # as the real run will
+                plan.pending = scratch.counts(prepared.key)["pending"]
+                skipped = [
+                    (r["row"], r["email"], r["status"], r["reason"] or "on the suppression list")
+                    for r in scratch.rows(prepared.key, ["skipped", "suppressed"])
+                ]
             yield DryRun(plan, (r for r, _, _ in scratch.pending(prepared.key)), skipped)
         finally:
             scratch.close()
+
+
+def test_recipients(addresses: list[str]) -> list[Recipient]:
+    """The addresses of `--to`, each checked as a subscriber's would be."""
+    recipients = []
+    for n, raw in enumerate(addresses, start=1):
+        try:
+            recipients.append(Recipient(n, check_address(raw)))
+        except ValueError as exc:
+            raise InputError(f"--to {raw}: {exc}") from None
+    return recipients
 
 
 def test_send(
@@ -267,12 +296,7 @@ def test_send(
     stop: threading.Event | None = None,
 ) -> Outcome:
     """`[TEST] ` to a few addresses through the real path, recorded nowhere as a delivery."""
-    recipients: list[Recipient | SkippedRow] = []
-    for n, raw in enumerate(addresses, start=1):
-        try:
-            recipients.append(Recipient(n, check_address(raw)))
-        except ValueError as exc:
-            raise InputError(f"--to {raw}: {exc}") from None
+    recipients: list[Recipient | SkippedRow] = list(test_recipients(addresses))
     factory = MessageFactory(prepared.rendered, settings, test=True)
     transports = transport_factory(settings, outbox)
     stop = stop or threading.Event()

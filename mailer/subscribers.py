@@ -81,7 +81,10 @@ def check_address(raw: str) -> str:
     """
     local, at, domain = raw.rpartition("@")
     if not (at and _PLAIN_LOCAL.match(local) and len(local) <= 64 and len(raw) <= 254):
-        return _validate(raw)
+        checked = _validate(raw)
+        if len(checked.rpartition("@")[0].encode()) > 64:  # email-validator lets it pass
+            raise ValueError("the part before the @-sign is longer than 64 octets (RFC 5321)")
+        return checked
     normalized, reason = _domain_verdict(domain)
     if reason:
         raise ValueError(reason)

@@ -6,6 +6,7 @@ final "." over SMTP, the rename in the outbox), so the caller can record it dura
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import ipaddress
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mailer.config import EXAMPLE_SECRET, Settings
-from mailer.errors import ConfigError, ConnectFailed, DeliveryError
+from mailer.errors import ConfigError, ConnectFailed, DeliveryError, storage_error
 
 _THROTTLE_TEXT = re.compile(r"rate|limit|too many|throttl|slow down", re.I)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9@._+-]")
@@ -276,6 +277,8 @@ class OutboxTransport:
         try:
             temporary.write_bytes(b"Return-Path: <" + sender.encode() + b">\r\n" + message)
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # no use trying the next one: stop
+                raise storage_error(exc, self.folder) from None
             raise DeliveryError(f"cannot write {temporary}: {exc.strerror}", transient=True) from None
         before_dot()
         os.replace(temporary, target)
