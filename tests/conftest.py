@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from relay import postfix  # noqa: F401  (the real Postfix relay fixture)
 from smtpserver import SMTPServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
