@@ -233,7 +233,15 @@ BROKEN = [
     Broken("url-port", _story_with(url="https://good.example:70000/story"), "stories.0.url", READS_THE_ISSUE),
     Broken("unknown-key-escape", _issue_with(**{"sum\nmary\x1b[2J": "x"}), "sum\\nmary\\u001b[2J",
            READS_THE_ISSUE),
+    Broken("issue-missing", lambda world: world.issue.unlink(), "no such issue file", READS_THE_ISSUE),
+    Broken("issue-not-utf8", lambda world: world.issue.write_bytes(b'{"subject": "Caf\xe9"}'), "UTF-8",
+           READS_THE_ISSUE),
     # -- the subscriber list ---------------------------------------------------------------
+    Broken("csv-missing", lambda world: (world.root / "subscribers.csv").unlink(), "subscribers.csv",
+           READS_THE_LIST),
+    Broken("csv-is-a-directory", lambda world: ((world.root / "subscribers.csv").unlink(),
+                                                (world.root / "subscribers.csv").mkdir()),
+           "subscribers.csv", READS_THE_LIST),
     Broken("csv-unterminated-quote",
            _subscribers('email,name\nann@example.org,Ann\ncy@example.org,"Cy Smith\ndee@example.org,Dee\n'),
            "row 3", READS_THE_LIST),
@@ -520,3 +528,12 @@ def test_headers_from_hostile_names_and_subjects_stay_within_the_rules(world, sm
         if rcpts == ["word@example.org"]:
             assert message["To"].addresses[0].display_name == "=?utf-8?q?Admin?="
             assert b"=?utf-8?q?Admin?=" not in head  # encoded, so that no one decodes it
+
+
+def test_config_notes_what_a_real_send_would_refuse(world, capsys, monkeypatch):
+    monkeypatch.setenv("MAILER_SECRET", "short")
+    capsys.readouterr()
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    [note] = [line for line in out.splitlines() if line.startswith("note:")]
+    assert "MAILER_SECRET" in note and "16" in note and "short" not in note  # never the secret itself
