@@ -23,6 +23,7 @@ SECRET_FIELDS = {"smtp_password", "secret"}
 # The placeholder in .env.example: good for trying it out, refused for a real send.
 EXAMPLE_SECRET = "change-me-to-a-long-random-string"  # noqa: S105 - a placeholder, refused
 MIN_SECRET_CHARS = 16
+MAX_UNSUBSCRIBE_URL = 500
 
 
 # Characters that have no business in a URL that goes into a header and an HTML attribute.
@@ -126,6 +127,8 @@ class Settings(BaseModel):
         _https_url(value, placeholder="{token}")
         if value is None:
             return None
+        if len(value) > MAX_UNSUBSCRIBE_URL:  # with the token, it must fit in one header line
+            raise ValueError(f"must be at most {MAX_UNSUBSCRIBE_URL} characters")
         parts = urlsplit(value)
         if "{token}" not in parts.path + parts.query:
             raise ValueError("must contain {token} in its path or query, where the unsubscribe token goes")

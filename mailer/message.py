@@ -199,7 +199,9 @@ class MessageFactory:
         values = {"greeting": greeting(recipient.name), "email": email, "unsubscribe_url": unsubscribe}
         targets = f"<{unsubscribe}>"
         if self.settings.unsubscribe_mailto:
-            targets += f", <mailto:{self.settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>"
+            # folded after the comma: with a long address, the two tokens on one line could
+            # pass 998 octets
+            targets += f",\r\n <mailto:{self.settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>"
         out = [
             address_header("To", recipient.name, email),
             self._date_header(),

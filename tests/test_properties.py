@@ -194,9 +194,18 @@ names = st.one_of(
 )
 
 
+addresses = st.builds(
+    lambda local, labels: f"{local}@{'.'.join(labels)}.example",
+    st.text("abcxyz0189+_-", min_size=1, max_size=64),
+    st.lists(st.text("abcxyz0189", min_size=1, max_size=63), min_size=1, max_size=3),
+).filter(lambda a: len(a) <= 254) | st.just(  # the longest there is: two long tokens in one header
+    "x" * 64 + "@" + "y" * 63 + "." + "z" * 63 + "." + "w" * 50 + ".example"
+)
+
+
 @settings(max_examples=150, deadline=None)
-@given(to_name=names, from_name=names, subject=human_text)
-def test_every_built_message_parses_and_decodes_back_exactly(to_name, from_name, subject):
+@given(to_name=names, from_name=names, subject=human_text, address=addresses)
+def test_every_built_message_parses_and_decodes_back_exactly(to_name, from_name, subject, address):
     issue = rendered().issue.model_copy(update={"subject": subject})
     try:
         Issue.model_validate(issue.model_dump(mode="json"))
@@ -206,15 +215,16 @@ def test_every_built_message_parses_and_decodes_back_exactly(to_name, from_name,
     try:
         settings_ = Settings.model_validate({
             "from": f'"{quoted}" <news@example.org>', "secret": "a-secret-of-some-length",
-            "unsubscribe_url": "https://example.org/u/{token}",
+            "unsubscribe_url": "https://example.org/" + "u" * 450 + "/{token}",
+            "unsubscribe_mailto": "unsubscribe-" + "x" * 50 + "@lists." + "y" * 60 + ".example.org",
         })
     except (ValidationError, MailerError):
         assume(False)  # control characters: refused as a setting
     factory = MessageFactory(dataclasses.replace(rendered(), issue=issue), settings_)
     name = clean_name(to_name)
-    raw = factory.build(Recipient(2, "ann@example.org", name))
+    raw = factory.build(Recipient(2, address, name))
     message = _check_message(raw)
-    assert _decoded_address(raw, "To") == (name, "ann@example.org")
+    assert _decoded_address(raw, "To") == (name, address)
     # white space around a display name is not part of it
     assert _decoded_address(raw, "From") == (parseaddr(settings_.from_ or "")[0].strip(), "news@example.org")
     assert message["Subject"] == subject  # type: ignore[index]
