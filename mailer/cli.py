@@ -1,13 +1,14 @@
 """The `mailer` command: arguments, output and exit codes over the library.
 
 Only this module prints or chooses an exit code; the library raises.
+
+Each command imports what it needs when it runs: `mailer --help`, `config` and `report` must
+answer at once, without loading premailer, email-validator or the SMTP code.
 """
 
 from __future__ import annotations
 
 import argparse
-import email
-import email.policy
 import json
 import logging
 import os
@@ -15,35 +16,16 @@ import signal
 import sqlite3
 import sys
 import threading
-import webbrowser
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mailer import __version__, report
-from mailer.config import Settings, load_settings
-from mailer.delivery import Tally
+from mailer import __version__
 from mailer.errors import InputError, IssueInvalid, MailerError, storage_error
-from mailer.issue import load_issue, resolve_issue_path
-from mailer.ledger import FILE_NAME, Ledger
-from mailer.message import MessageFactory
-from mailer.progress import Progress, elapsed
-from mailer.send import (
-    Outcome,
-    Prepared,
-    check_outbox,
-    dry_run,
-    open_ledger,
-    prepare,
-    replay,
-    replay_candidates,
-    test_recipients,
-    test_send,
-)
-from mailer.send import send as send_issue
-from mailer.subscribers import Recipient, check_address, clean_name
-from mailer.tokens import read_token
-from mailer.transport import check_smtp_settings
+
+if TYPE_CHECKING:
+    from mailer.config import Settings
+    from mailer.send import Outcome, Prepared
 
 log = logging.getLogger("mailer")
 
@@ -91,9 +73,13 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: mailer validate issues/2026-11-24.json
     """
+    from mailer.send import prepare
+
     path = _issue_path(args, settings)
-    issue = load_issue(path)
+    prepared = prepare(path, settings)  # rendered too: the warnings include the HTML's size
+    issue = prepared.issue
     _out(f"{path}: valid: {issue.date}, {len(issue.stories)} stories, subject {issue.subject!r}")
+    _print_warnings(prepared)
     return EXIT_OK
 
 
@@ -102,6 +88,14 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: mailer preview today --as ann@example.org --open
     """
+    import email
+    import email.policy
+    import webbrowser
+
+    from mailer.message import MessageFactory
+    from mailer.send import prepare
+    from mailer.subscribers import Recipient, check_address, clean_name
+
     missing = {k: v for k, v in PREVIEW_DEFAULTS.items() if getattr(settings, k) is None}
     settings = settings.model_copy(update=missing)
     prepared = prepare(_issue_path(args, settings), settings)
@@ -133,8 +127,8 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     for name in missing:
         _out(f"note: MAILER_{name.rstrip('_').upper()} is not set; the preview uses a placeholder")
     _print_warnings(prepared)
-    if args.open:
-        webbrowser.open(paths[0].resolve().as_uri())
+    if args.open and not webbrowser.open(paths[0].resolve().as_uri()):
+        _out(f"note: no web browser found to open it; open {paths[0]} yourself")
     return EXIT_OK
 
 
@@ -147,6 +141,12 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
       mailer send 2026-11-24 --to me@example.org         a [TEST] copy to yourself
       mailer send today --outbox outbox/                 .eml files instead of SMTP
     """
+    from mailer.delivery import Tally
+    from mailer.progress import Progress
+    from mailer.send import prepare, test_send
+    from mailer.send import send as send_issue
+    from mailer.transport import check_smtp_settings
+
     prepared = prepare(_issue_path(args, settings), settings)
     subscribers: Path = args.subscribers or settings.subscribers
     if args.dry_run and args.to:
@@ -154,7 +154,6 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     if args.dry_run:
         return _print_dry_run(prepared, settings, subscribers, args.outbox)
     if args.to:
-        log.info("test send of %s to %s", prepared.key, ", ".join(args.to))
         outcome = _with_signals(
             lambda stop: test_send(prepared, settings, args.to, outbox=args.outbox, stop=stop)
         )
@@ -186,6 +185,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
       mailer replay 2026-11-24 --in-doubt        also those whose outcome is unknown
       mailer replay 2026-11-24 --dry-run         list who would be sent to
     """
+    from mailer.delivery import Tally
+    from mailer.progress import Progress
+    from mailer.send import prepare, replay, replay_candidates
+
     prepared = prepare(_issue_path(args, settings), settings)
     if args.dry_run:
         rows = replay_candidates(settings, prepared.key, in_doubt=args.in_doubt, permanent=args.permanent)
@@ -212,6 +215,9 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
       mailer report today --json
       mailer report today --csv > 2026-11-24.csv
     """
+    from mailer import report
+    from mailer.ledger import open_ledger
+
     key = _issue_key(args, settings)
     ledger = open_ledger(settings.state_dir, key, read_only=True)
     try:
@@ -237,6 +243,10 @@ def cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
       mailer unsubscribe ann@example.org
       mailer unsubscribe --token 'YW5uQGV4YW1wbGUub3Jn.Qm9ndXM'
     """
+    from mailer.ledger import Ledger
+    from mailer.subscribers import check_address
+    from mailer.tokens import read_token
+
     if bool(args.address) == bool(args.token):
         raise InputError("give either an ADDRESS or --token TOKEN")
     if args.token:
@@ -264,6 +274,8 @@ def cmd_suppressed(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: mailer suppressed
     """
+    from mailer.ledger import FILE_NAME, Ledger
+
     rows = []
     if (settings.state_dir / FILE_NAME).is_file():  # else nothing was ever suppressed here
         ledger = Ledger(settings.state_dir / FILE_NAME, read_only=True)
@@ -283,6 +295,9 @@ def cmd_unsuppress(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: mailer unsuppress ann@example.org
     """
+    from mailer.ledger import FILE_NAME, Ledger
+    from mailer.subscribers import check_address
+
     try:  # as `unsubscribe` stored it: an IDN domain in punycode
         address = check_address(args.address)
     except ValueError:
@@ -318,6 +333,8 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _issue_path(args: argparse.Namespace, settings: Settings) -> Path:
+    from mailer.issue import resolve_issue_path
+
     path = resolve_issue_path(args.issue, settings.issues_dir)
     _tag.issue = path.stem
     return path
@@ -325,6 +342,8 @@ def _issue_path(args: argparse.Namespace, settings: Settings) -> Path:
 
 def _issue_key(args: argparse.Namespace, settings: Settings) -> str:
     """The date of an issue for the ledger; the file need not exist any more."""
+    from mailer.issue import load_issue
+
     path = _issue_path(args, settings)
     if path.stem and len(path.stem) == 10 and path.stem[4] == "-":
         return path.stem
@@ -337,6 +356,8 @@ def _print_warnings(prepared: Prepared) -> None:
 
 
 def _print_dry_run(prepared: Prepared, settings: Settings, subscribers: Path, outbox: Path | None) -> int:
+    from mailer.send import dry_run
+
     with dry_run(prepared, settings, subscribers, outbox=outbox) as plan:
         write = sys.stdout.write
         for r in plan.recipients:
@@ -357,6 +378,9 @@ def _print_test_plan(
     prepared: Prepared, settings: Settings, addresses: list[str], outbox: Path | None
 ) -> int:
     """`send --to X --dry-run`: the test send's plan; the list is not read."""
+    from mailer.message import MessageFactory
+    from mailer.send import check_outbox, test_recipients
+
     recipients = test_recipients(addresses)
     check_outbox(settings, outbox)
     MessageFactory(prepared.rendered, settings, test=True)  # the settings a test send needs
@@ -386,6 +410,8 @@ def _with_signals(run: Callable[[threading.Event], Outcome]) -> Outcome:
 
 def _summarise(outcome: Outcome, what: str) -> None:
     """What to do next, if anything, then the summary: the last line of a run's log."""
+    from mailer.progress import elapsed
+
     c, t = outcome.counts, outcome.tally
     if outcome.error is not None:
         log.error("%s (exit %d); run the same command again to resume", outcome.error, outcome.exit_code)
@@ -502,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     _setup_logging(args.verbose)
     try:
+        from mailer.config import load_settings
+
         settings = load_settings(args.env_file)
         if args.verbose:
             log.debug("mailer %s, env file %s", __version__, args.env_file or "./.env when present")
@@ -520,14 +548,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("mailer: interrupted\n")
         return EXIT_TRY_LATER
+    except BrokenPipeError:
+        # `mailer report --csv | head`: the reader has had enough; not an error.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush is quiet
+        return EXIT_OK
     except (OSError, sqlite3.Error) as exc:
         # The last resort for a file error the library did not place: still one line and the
         # right code (a full disk: try later; a path that cannot be: fix it).
-        if isinstance(exc, BrokenPipeError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - `report --csv | head`: not an error
-            return EXIT_OK
-        where = getattr(exc, "filename", None) or "a file"
-        error = storage_error(exc, where)
+        error = storage_error(exc, getattr(exc, "filename", None) or "a file")
         sys.stderr.write(f"mailer {args.command}: {error}\n")
         return error.exit_code
 

@@ -16,7 +16,6 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mailer.errors import ConfigError
-from mailer.subscribers import check_address
 
 PREFIX = "MAILER_"
 SECRET_FIELDS = {"smtp_password", "secret"}
@@ -63,6 +62,29 @@ def _no_controls(value: str) -> None:
         raise ValueError("must not contain control characters")
 
 
+def check_address(address: str) -> str:
+    """An address for a header the mailer writes itself: ASCII before the @, at most 64 octets
+    there, and an IDN domain in punycode. A cheap check with the standard library, so that
+    every command can check its settings without loading email-validator; the subscribers'
+    addresses get the full one."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError("an address needs a part before and after the @-sign")
+    if not local.isascii():
+        raise ValueError("non-ASCII characters before the @-sign are not supported")
+    if len(local) > 64:
+        raise ValueError("the part before the @-sign is longer than 64 octets")
+    if any(c.isspace() or c in '<>()[]\\,;:"@' for c in local):
+        raise ValueError("the part before the @-sign has characters an address cannot have there")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{domain!r} is not a valid domain name") from None
+    if "." not in ascii_domain.strip(".") or ".." in ascii_domain or ascii_domain.startswith("."):
+        raise ValueError(f"{domain!r} is not a valid domain name")
+    return f"{local}@{ascii_domain}"
+
+
 def _single_address(value: str | None) -> str | None:
     """`Name <address>`: the name may be in any script, the address is checked as a
     subscriber's is (an IDN domain becomes punycode; a non-ASCII local part is refused)."""
@@ -107,6 +129,7 @@ class Settings(BaseModel):
     subscribers: Path = Path("subscribers.csv")
     issues_dir: Path = Path("issues")
     state_dir: Path = Path("state")
+    templates_dir: Path | None = None
 
     _check_from = field_validator("from_", "reply_to")(_single_address)
     @field_validator("donate_url")

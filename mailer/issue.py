@@ -359,8 +359,21 @@ def load_issue(path: Path) -> Issue:
         if isinstance(stories, list) and 0 < len(stories) <= MAX_STORIES:
             ranks = [s.get("rank") if isinstance(s, dict) else None for s in stories]
             lines += [p for p in rank_problems(ranks) if p not in lines]
-        problems = [f"{name}: {line}" for line in lines]
+        problems = [f"{name}: {_name_the_story(line, stories)}" for line in lines]
         raise IssueInvalid(problems) from None
+
+
+def _name_the_story(line: str, stories: Any) -> str:
+    """`stories.3` counts from 0; say which story an editor means: the one ranked 4."""
+    match = re.match(r"stories\.(\d+)\.(?!rank:)", line)
+    if match is None or not isinstance(stories, list):
+        return line
+    index = int(match.group(1))
+    ranks = [s.get("rank") if isinstance(s, dict) else None for s in stories]
+    rank = ranks[index] if index < len(ranks) else None
+    if not isinstance(rank, int) or isinstance(rank, bool) or ranks.count(rank) != 1:
+        return line
+    return f"{line}, in the story ranked {rank} (stories.{index})"
 
 
 def content_warnings(issue: Issue, html_bytes: int) -> list[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailer.errors import LedgerError, storage_error
+from mailer.errors import InputError, LedgerError, storage_error
 from mailer.subscribers import Recipient, SkippedRow
 
 FILE_NAME = "ledger.sqlite3"
@@ -552,3 +552,16 @@ class Ledger:
             "SELECT 1 FROM suppressions WHERE key=?", (email.lower(),)
         ).fetchone() is not None
 
+
+def open_ledger(state_dir: Path, issue: str | None = None, *, read_only: bool = False) -> Ledger:
+    """The ledger of a state directory that must already hold this issue."""
+    path = state_dir / FILE_NAME
+    if not path.is_file():
+        raise InputError(f"{path}: no ledger here; nothing has been sent from this state directory")
+    ledger = Ledger(path, read_only=read_only)
+    with ledger.guard():
+        known = issue is None or ledger.has_issue(issue)
+    if not known:
+        ledger.close()
+        raise InputError(f"{path}: issue {issue} has never been sent from here")
+    return ledger

@@ -13,14 +13,13 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parseaddr
+from importlib import resources
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
 from markupsafe import escape
-from premailer import Premailer
 
 from mailer.config import Settings
-from mailer.errors import InputError
+from mailer.errors import ConfigError, InputError
 from mailer.issue import Issue
 
 SLOTS = ("greeting", "email", "unsubscribe_url")
@@ -30,12 +29,17 @@ DEFAULT_LIST_NAME = "The Top Ten"
 inline_runs = 0
 
 
-def templates_dir() -> Path:
-    """`templates/` in the working directory when there is one, else the project's own."""
+def templates_dir(setting: Path | None = None) -> Path:
+    """`MAILER_TEMPLATES_DIR`, else `templates/` in the working directory when there is one,
+    else the templates installed with the package."""
+    if setting is not None:
+        if not setting.is_dir():
+            raise ConfigError(f"MAILER_TEMPLATES_DIR: no such folder: {setting}")
+        return setting
     local = Path("templates")
     if (local / "email.html.j2").is_file():
         return local
-    return Path(__file__).resolve().parent.parent / "templates"
+    return Path(str(resources.files("mailer.templates")))
 
 
 @dataclass(frozen=True)
@@ -71,10 +75,12 @@ def greeting(name: str) -> str:
 def render_issue(issue: Issue, settings: Settings, templates: Path | None = None) -> RenderedIssue:
     """Render both parts of the email with slot markers, and inline the HTML's CSS once."""
     global inline_runs
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+
     nonce = secrets.token_hex(6)
     markers = {slot: f"mailerslot-{slot.replace('_', '-')}-{nonce}" for slot in SLOTS}
     env = Environment(
-        loader=FileSystemLoader(templates or templates_dir()),
+        loader=FileSystemLoader(templates or templates_dir(settings.templates_dir)),
         autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
@@ -111,6 +117,8 @@ def inline_css(html: str) -> str:
     `<img width="552" height="311">` into `width="100%" height="auto"`, and the 600px container
     into 100%); Outlook reads only the attributes, so the template's must stay.
     """
+    from premailer import Premailer  # with cssutils and requests: imported only to render
+
     return Premailer(
         html,
         allow_network=False,

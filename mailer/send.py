@@ -15,7 +15,7 @@ from mailer.config import Settings
 from mailer.delivery import Delivery, Tally, run_lock
 from mailer.errors import InputError, SubscribersError, TryLater, storage_error
 from mailer.issue import Issue, content_warnings, load_issue
-from mailer.ledger import FILE_NAME, Ledger, PlanCounts
+from mailer.ledger import FILE_NAME, Ledger, PlanCounts, open_ledger
 from mailer.message import MessageFactory
 from mailer.render import RenderedIssue, render_issue
 from mailer.subscribers import Recipient, SkippedRow, check_address, read_subscribers
@@ -90,6 +90,10 @@ def transport_factory(settings: Settings, outbox: Path | None) -> Callable[[], T
     """Outbox when asked for, else SMTP: checked now, before any connection."""
     if outbox is not None:
         check_outbox(settings, outbox)
+        try:  # a test send has no ledger in the folder to create it
+            outbox.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--outbox {outbox}: cannot create the folder: {exc.strerror}") from None
         return lambda: OutboxTransport(outbox)
     check_smtp_settings(settings)
     settings.check_real_send()
@@ -215,20 +219,6 @@ def replay_candidates(
         ledger.close()
 
 
-def open_ledger(state_dir: Path, issue: str | None = None, *, read_only: bool = False) -> Ledger:
-    """The ledger of a state directory that must already hold this issue."""
-    path = state_dir / FILE_NAME
-    if not path.is_file():
-        raise InputError(f"{path}: no ledger here; nothing has been sent from this state directory")
-    ledger = Ledger(path, read_only=read_only)
-    with ledger.guard():
-        known = issue is None or ledger.has_issue(issue)
-    if not known:
-        ledger.close()
-        raise InputError(f"{path}: issue {issue} has never been sent from here")
-    return ledger
-
-
 def _outcome_word(outcome: Outcome) -> str:
     if outcome.error is not None:
         return type(outcome.error).__name__
@@ -299,6 +289,7 @@ def test_send(
     recipients: list[Recipient | SkippedRow] = list(test_recipients(addresses))
     factory = MessageFactory(prepared.rendered, settings, test=True)
     transports = transport_factory(settings, outbox)
+    log.info("test send of %s to %s", prepared.key, ", ".join(addresses))  # once the settings pass
     stop = stop or threading.Event()
     with tempfile.TemporaryDirectory(prefix="mailer-test-send-") as scratch_dir:
         ledger = Ledger(Path(scratch_dir) / FILE_NAME)

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from email_validator import EmailNotValidError, validate_email
-
 from mailer.errors import SubscribersError
 
 ACTIVE = {"", "active", "subscribed"}
@@ -56,6 +54,8 @@ class SkippedRow:
 
 
 def _validate(raw: str) -> str:
+    from email_validator import EmailNotValidError, validate_email  # only when checking: slow to import
+
     try:
         return validate_email(raw, check_deliverability=False, allow_smtputf8=False).ascii_email or ""
     except EmailNotValidError as exc:

@@ -34,6 +34,27 @@ MEASURE = """
 <script>
 /* On load, so the pictures have arrived (or failed) before they are measured; the host page's
    own load, after which Chromium dumps the DOM, waits for this frame's. */
+/* Every piece of text a reader sees (an element's own text, or a broken picture's alt text):
+   its size, its colour, and the colour it is drawn on (the first opaque background above it). */
+function texts() {
+  var found = [];
+  document.querySelectorAll("body *").forEach(function (el) {
+    if (el.closest(".preheader") || el.getClientRects().length === 0) return;
+    var own = "";
+    el.childNodes.forEach(function (n) { if (n.nodeType === 3) own += n.textContent; });
+    if (el.tagName === "IMG" && !el.naturalWidth) own = el.alt;
+    if (!own.trim()) return;
+    var style = getComputedStyle(el), bg = "rgb(255, 255, 255)";
+    for (var up = el; up; up = up.parentElement) {
+      var b = getComputedStyle(up).backgroundColor;
+      if (b !== "transparent" && !/, 0\\)$/.test(b)) { bg = b; break; }
+    }
+    found.push({what: el.tagName + "." + el.className, text: own.trim().slice(0, 40),
+                size: parseFloat(style.fontSize), color: style.color, background: bg});
+  });
+  return found;
+}
+
 window.addEventListener("load", function () {
   var root = document.documentElement;
   var widest = 0, culprit = "";
@@ -62,7 +83,11 @@ window.addEventListener("load", function () {
     loaded: Array.prototype.map.call(document.querySelectorAll("img.photo"), function (img) {
       return img.naturalWidth;
     }),
-    smallestText: Math.min.apply(null, fonts)
+    smallestText: Math.min.apply(null, fonts),
+    photoHeights: Array.prototype.map.call(document.querySelectorAll("img.photo"), function (img) {
+      return img.getBoundingClientRect().height;
+    }),
+    texts: texts()
   });
 });
 </script>
@@ -73,6 +98,10 @@ PLACEHOLDER = (
     '<rect width="1104" height="622" fill="#b8b2a6"/>'
     '<path d="M0 622 L380 260 L620 470 L820 330 L1104 622 Z" fill="#8c8577"/></svg>'
 )
+
+
+# A 42-letter German compound, the kind that widened the page to 652 px at 375.
+LONG_WORD = "Donaudampfschifffahrtsgesellschaftskapitän"
 
 
 def find_chromium() -> str:
@@ -94,7 +123,25 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def preview_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`mailer preview` of the example issue, as an editor would make it."""
-    folder = tmp_path_factory.mktemp("preview")
+    return make_preview(tmp_path_factory.mktemp("preview"), EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def long_word_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example with one long word in a headline, a summary, a caption and a source."""
+    folder = tmp_path_factory.mktemp("long-word")
+    data = json.loads(EXAMPLE.read_text(encoding="utf-8"))
+    story = data["stories"][0]
+    story["headline"] = f"{LONG_WORD} sails again"
+    story["summary"] = f"The {LONG_WORD} said so."
+    story["image"]["caption"] = f"The {LONG_WORD}."
+    story["source"] = LONG_WORD
+    issue = folder / "2026-11-24.json"
+    issue.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return make_preview(folder, issue)
+
+
+def make_preview(folder: Path, issue: Path) -> Path:
     env = folder / "preview.env"
     env.write_text(
         "MAILER_FROM=The Top Ten <news@example.org>\n"
@@ -104,7 +151,7 @@ def preview_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         encoding="utf-8",
     )
     out = folder / "out"
-    assert main(["preview", str(EXAMPLE), "--out", str(out), "--env-file", str(env),
+    assert main(["preview", str(issue), "--out", str(out), "--env-file", str(env),
                  "--as", "ann@example.org", "--name", "Ann"]) == 0
     (out / "placeholder.svg").write_text(PLACEHOLDER, encoding="utf-8")
     return out
@@ -198,3 +245,57 @@ def test_600_px_and_wider_is_a_600_px_column(chromium, preview_dir, tmp_path):
     at_900 = measure(chromium, page, 900, tmp_path)
     assert at_900["container"] == 600
     assert all(w == 552 for w in at_900["photos"])
+
+
+def test_a_long_word_breaks_instead_of_widening_the_page_at_375(chromium, long_word_dir, tmp_path):
+    page = page_copy(long_word_dir, "long-word.html", pictures=True, measure=True)
+    assert LONG_WORD in page.read_text(encoding="utf-8")
+    got = measure(chromium, page, 375, tmp_path)
+    assert got["scrollWidth"] <= 375, got
+    assert got["widest"] <= 375.5, f"{got['culprit']} reaches {got['widest']}px"
+    assert got["container"] == 375
+
+
+def luminance(css: str) -> float:
+    red, green, blue = (int(v) / 255 for v in re.findall(r"[\d.]+", css)[:3])
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (red, green, blue)]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(foreground: str, background: str) -> float:
+    light, dark = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_contrast_helper_knows_the_wcag_figures():
+    assert round(contrast("rgb(0, 0, 0)", "rgb(255, 255, 255)"), 1) == 21.0
+    assert round(contrast("rgb(138, 138, 138)", "rgb(255, 255, 255)"), 2) == 3.45  # the old credit
+
+
+@pytest.mark.parametrize("pictures", [True, False], ids=["pictures", "blocked-pictures"])
+def test_every_text_meets_wcag_aa_contrast_and_is_10_px_or_more(chromium, preview_dir, tmp_path, pictures):
+    """From the rendered page: each text's colour against what it is drawn on, at 4.5:1 (WCAG
+    AA for normal text), and no text under 10 px outside the hidden preheader."""
+    page = page_copy(preview_dir, f"contrast-{pictures}.html", pictures=pictures, measure=True)
+    texts = measure(chromium, page, 600, tmp_path)["texts"]
+    kinds = {t["what"] for t in texts}
+    for expected in ("SPAN.credit", "P.sponsor-label", "P.caption", "A.button", "P.footer-text"):
+        assert expected in kinds, kinds
+    if not pictures:
+        assert "IMG.photo" in kinds  # a blocked picture's alt text is text too
+    ratios = [(t, contrast(t["color"], t["background"])) for t in texts]
+    poor = [(t["what"], t["text"], t["color"], t["background"], round(r, 2)) for t, r in ratios if r < 4.5]
+    assert not poor, poor
+    small = [(t["what"], t["text"], t["size"]) for t in texts if t["size"] < 10]
+    assert not small, small
+
+
+def test_a_blocked_picture_collapses_to_its_alt_text(chromium, preview_dir, tmp_path):
+    page = page_copy(preview_dir, "blocked.html", pictures=False, measure=True)
+    got = measure(chromium, page, 375, tmp_path)
+    assert got["loaded"] == [0] * 10
+    # a line or three of 13 px alt text, not an empty 311 px (or 193 px) box each
+    assert all(0 < h <= 60 for h in got["photoHeights"]), got["photoHeights"]
+    with_pictures = measure(chromium, page_copy(preview_dir, "shown.html", pictures=True, measure=True),
+                            375, tmp_path)
+    assert all(190 <= h <= 196 for h in with_pictures["photoHeights"]), with_pictures["photoHeights"]

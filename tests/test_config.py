@@ -34,6 +34,7 @@ SETTINGS = [
     "MAILER_SUBSCRIBERS",
     "MAILER_ISSUES_DIR",
     "MAILER_STATE_DIR",
+    "MAILER_TEMPLATES_DIR",
 ]
 SECRETS = {"MAILER_SMTP_PASSWORD", "MAILER_SECRET"}
 PASSWORD = "pw-Zq7-never-shown"
@@ -65,6 +66,7 @@ def every_setting(ca_file: Path) -> dict[str, str]:
         "MAILER_SUBSCRIBERS": "lists/readers.csv",
         "MAILER_ISSUES_DIR": "daily",
         "MAILER_STATE_DIR": "var/mailer",
+        "MAILER_TEMPLATES_DIR": "our-look",
     }
 
 

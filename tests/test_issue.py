@@ -37,6 +37,14 @@ def write(tmp_path: Path, data: Any, name: str = NAME) -> Path:
     return path
 
 
+def named(line: str) -> str:
+    """A problem in a story of the example, whose ranks run 1..10 in order: the story named."""
+    match = re.match(r"stories\.(\d)\.(?!rank:)", line)
+    if match is None:
+        return line
+    return f"{line}, in the story ranked {int(match.group(1)) + 1} (stories.{match.group(1)})"
+
+
 def problems_of(path: Path) -> list[str]:
     with pytest.raises(IssueInvalid) as info:
         load_issue(path)
@@ -199,6 +207,7 @@ BROKEN: list[tuple[str, Mutation, str]] = [
 def test_each_broken_rule_is_one_line(tmp_path, data, capsys, mutate, expected):
     mutate(data)
     path = write(tmp_path, data)
+    expected = named(expected)
     assert problems_of(path) == [f"{path}: {expected}"]
     assert LINE.match(f"{path}: {expected}")
 
@@ -238,6 +247,16 @@ def test_what_the_rules_allow(tmp_path, data, capsys, mutate):
     assert validate(capsys, str(path))[0] == 0
 
 
+def test_a_problem_in_a_story_names_the_story_by_its_rank(tmp_path, data, capsys):
+    ranks(10, 9, 8, 7, 6, 5, 4, 3, 2, 1)(data)
+    data["stories"][3]["url"] = "http://news.example.org/a"
+    path = write(tmp_path, data)
+    code, _, err = validate(capsys, str(path))
+    assert code == 2
+    assert err[0] == f"{path}: stories.3.url: must be an https URL, in the story ranked 7 (stories.3)"
+    assert LINE.match(err[0])
+
+
 def test_date_is_only_tied_to_a_date_named_file(tmp_path, data):
     data["date"] = "2026-12-01"
     assert load_issue(write(tmp_path, data, name="tuesday.json")).date.isoformat() == "2026-12-01"
@@ -275,11 +294,12 @@ def test_every_problem_is_reported_at_once(tmp_path, data, capsys):
         f"{path}: date: must equal the file's name (2026-11-24)",
         f"{path}: subject: must be one line of text without control characters (found U+000D)",
         f"{path}: preheader: must be at most 200 characters",
-        f"{path}: stories.0.url: must be an https URL",
-        f"{path}: stories.1.image.alt: must not be empty",
+        f"{path}: stories.0.url: must be an https URL, in the story ranked 1 (stories.0)",
+        f"{path}: stories.1.image.alt: must not be empty, in the story ranked 2 (stories.1)",
+        # ranks 3 twice: which of the two is "the story ranked 3" is not for validate to say
         f"{path}: stories.2.summary: required",
         f"{path}: stories.2.sumary: unknown field",
-        f"{path}: stories.8.headline: must not be empty",
+        f"{path}: stories.8.headline: must not be empty, in the story ranked 9 (stories.8)",
         f"{path}: sponsor.url: must be an https URL",
         # the rank rule is checked even while other fields are wrong
         f"{path}: stories.3.rank: rank 3 is used twice",
