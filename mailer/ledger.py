@@ -23,6 +23,8 @@ from mailer.subscribers import Recipient, SkippedRow
 FILE_NAME = "ledger.sqlite3"
 # How long to wait for another process's write (`mailer serve`, `unsubscribe`) before giving up.
 BUSY_TIMEOUT = 60.0
+# Room kept on the disk for recording the deliveries already made when it fills up.
+RESERVE_BYTES = 256 * 1024
 STATUSES = ("sent", "failed", "in_doubt", "suppressed", "skipped", "pending")
 # `dot`: the final "." of the message is about to be sent or was sent with no reply yet.
 # After a crash such a row becomes `in_doubt`; in reports it already counts as one.
@@ -98,6 +100,16 @@ def _header_version(path: Path) -> int:
     return int.from_bytes(header[60:64], "big")
 
 
+def _keep_room(reserve: Path) -> Path:
+    """A file holding RESERVE_BYTES of the disk, given back when the disk is full so that the
+    deliveries already made can still be recorded (else they would be left in doubt). Made
+    now, so that a disk already too full fails before anything is sent."""
+    if not reserve.is_file() or reserve.stat().st_size < RESERVE_BYTES:
+        with reserve.open("wb") as handle:
+            handle.write(bytes(RESERVE_BYTES))  # written, not sparse: the blocks are taken
+    return reserve
+
+
 _second: tuple[int, str] = (0, "")
 
 
@@ -146,6 +158,7 @@ class Ledger:
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.lock = threading.Lock()
+        self._reserve: Path | None = None
         try:
             self._open(read_only)
         except (OSError, sqlite3.Error) as exc:
@@ -183,6 +196,8 @@ class Ledger:
                     Ledger(path).close()
                 else:
                     self._migrate()
+            if not read_only:
+                self._reserve = _keep_room(path.with_name(path.name + "-reserve"))
         except BaseException:
             self.db.close()
             raise
@@ -385,9 +400,17 @@ class Ledger:
             if sent is None:
                 self.db.execute(_MARK_DOT, dot)
                 return
-            with self._transaction("DEFERRED"):
-                self.db.execute(_RECORD, _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False))
-                self.db.execute(_MARK_DOT, dot)
+            success = _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False)
+            try:
+                with self._transaction("DEFERRED"):
+                    self.db.execute(_RECORD, success)
+                    self.db.execute(_MARK_DOT, dot)
+            except sqlite3.OperationalError as exc:
+                # The disk is full: the next message will not go, but the one before it did;
+                # record that in the room kept for it, so that it is not left in doubt.
+                if self._use_reserve(exc):
+                    self.db.execute(_RECORD, success)
+                raise
 
     def record(
         self,
@@ -400,8 +423,22 @@ class Ledger:
         *,
         permanent: bool = False,
     ) -> None:
+        values = _record_args(issue, key, status, attempts, code, message, permanent)
         with self.lock:
-            self.db.execute(_RECORD, _record_args(issue, key, status, attempts, code, message, permanent))
+            try:
+                self.db.execute(_RECORD, values)
+            except sqlite3.OperationalError as exc:
+                if not self._use_reserve(exc):
+                    raise
+                self.db.execute(_RECORD, values)  # what happened is recorded; the run stops next
+
+    def _use_reserve(self, exc: sqlite3.OperationalError) -> bool:
+        """On a full disk, free the room kept for recording what already happened."""
+        if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL" or self._reserve is None:
+            return False
+        self._reserve.unlink(missing_ok=True)
+        self._reserve = None
+        return True
 
     def release(
         self, issue: str, key: str, code: int | None, message: str | None, *, answered: bool = False
