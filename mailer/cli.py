@@ -329,6 +329,46 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Answer the unsubscribe link of every message: a page on GET, an unsubscribe on POST.
+
+    Serves mailer.web:app with waitress on HOST:PORT (default $MAILER_SERVE_HOST and
+    $MAILER_SERVE_PORT, 127.0.0.1:8080), behind the site's HTTPS proxy. Prints the address it
+    listens on, then serves until SIGTERM or Ctrl-C (exit 0).
+
+    Example: mailer serve --port 8080
+    """
+    from mailer import web  # waitress and the form parser: only this command needs them
+
+    host = settings.serve_host if args.host is None else args.host.strip("[]")
+    port = settings.serve_port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port}: must be 0 to 65535 (0: any free port)")
+    app = web.UnsubscribeApp(settings)
+    try:
+        server = web.make_server(app, host, port)
+
+        def stop(signum: int, frame: object) -> None:
+            raise SystemExit(0)  # waitress's loop ends on it and lets the requests in hand finish
+
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            for url in web.listening(server):
+                _out(f"listening on {url}")
+            sys.stdout.flush()
+            log.info("serving the unsubscribe endpoint on %s", ", ".join(web.listening(server)))
+            server.run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            server.close()
+    finally:
+        app.close()
+    log.info("the unsubscribe endpoint stopped")
+    return EXIT_OK
+
+
 # -- helpers -----------------------------------------------------------------------------
 
 
@@ -447,6 +487,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "suppressed": cmd_suppressed,
     "unsuppress": cmd_unsuppress,
     "config": cmd_config,
+    "serve": cmd_serve,
 }
 
 
@@ -517,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("unsuppress")
     p.add_argument("address", metavar="ADDRESS")
     add("config")
+    p = add("serve")
+    p.add_argument("--host", help="address to listen on (default $MAILER_SERVE_HOST, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default $MAILER_SERVE_PORT, else 8080; 0: any free one)")
     return parser
 
 

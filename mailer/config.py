@@ -130,6 +130,8 @@ class Settings(BaseModel):
     issues_dir: Path = Path("issues")
     state_dir: Path = Path("state")
     templates_dir: Path | None = None
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=8080, ge=1, le=65535)
 
     _check_from = field_validator("from_", "reply_to")(_single_address)
     @field_validator("donate_url")
@@ -156,6 +158,13 @@ class Settings(BaseModel):
         if "{token}" not in parts.path + parts.query:
             raise ValueError("must contain {token} in its path or query, where the unsubscribe token goes")
         return value
+
+    @field_validator("serve_host")
+    @classmethod
+    def _check_serve_host(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._:%-]+", value.strip("[]")):
+            raise ValueError("must be a host name or IP address to listen on, such as 127.0.0.1")
+        return value.strip("[]")
 
     @field_validator("unsubscribe_mailto")
     @classmethod

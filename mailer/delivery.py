@@ -28,6 +28,7 @@ from mailer.errors import (
     RunStopped,
     ServerUnreachable,
     TryLater,
+    Withheld,
     storage_error,
 )
 from mailer.ledger import Ledger
@@ -98,14 +99,19 @@ class _Job:
 class _Line:
     """One connection's view of the ledger: its last success is recorded with its next dot."""
 
-    def __init__(self, ledger: Ledger, issue: str) -> None:
+    def __init__(self, ledger: Ledger, issue: str, bounces_allowed: bool = False) -> None:
         self.ledger = ledger
         self.issue = issue
+        self.bounces_allowed = bounces_allowed
         self.sent: tuple[str, int, str] | None = None
 
     def dot(self, key: str, attempts: int) -> None:
-        self.ledger.mark_dot(self.issue, key, attempts, sent=self.sent)
+        marked = self.ledger.mark_dot(
+            self.issue, key, attempts, sent=self.sent, bounces_allowed=self.bounces_allowed
+        )
         self.sent = None
+        if not marked:
+            raise Withheld(f"{key}: suppressed during the run")
 
     def settle(self) -> None:
         if self.sent is not None:
@@ -123,11 +129,12 @@ class Tally:
     failed: int = 0
     in_doubt: int = 0
     retried: int = 0
+    withheld: int = 0  # suppressed at the point of no return
     started: float = field(default_factory=time.monotonic)
 
     @property
     def done(self) -> int:
-        return self.sent + self.failed + self.in_doubt
+        return self.sent + self.failed + self.in_doubt + self.withheld
 
     @property
     def rate(self) -> float:
@@ -276,7 +283,7 @@ class Delivery:
 
     def _work(self) -> None:
         transport = self.transports()
-        line = _Line(self.ledger, self.issue)
+        line = _Line(self.ledger, self.issue, self.lift_bounces)
         connect_failures = 0
         try:
             while (job := self._take(line.settle)) is not None:
@@ -325,6 +332,13 @@ class Delivery:
             line.settle()
             job.attempts = attempts
             return self._failed(job, exc, self.ledger)
+        except Withheld:
+            # Unsubscribed while the run was going: the transport closed the connection with
+            # the final dot unsent, so the server discards the message. Not a failure.
+            log.info("%s: on the suppression list since the run started; not sent", recipient.email)
+            with self._cond:
+                self.tally.withheld += 1
+            return None
         line.sent = (recipient.key, attempts, reply)
         if self.debug:
             log.debug("%s: sent on attempt %d (%s)", recipient.email, attempts, reply)

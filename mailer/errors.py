@@ -90,8 +90,22 @@ class ConnectFailed(MailerError):
         self.fatal = fatal
 
 
+class Withheld(MailerError):
+    """At the point of no return the recipient was no longer to be sent to (unsubscribed
+    during the run): the message was abandoned before its final dot."""
+
+
 class DiskFull(TryLater):
     """The disk (or the quota) is full: nothing that did not happen was recorded."""
+
+
+# The ledger's own reasons to try later are ledger errors too, for code that catches those.
+class LedgerFull(DiskFull, LedgerError):
+    """The disk under the ledger is full (exit 75)."""
+
+
+class LedgerBusy(TryLater, LedgerError):
+    """Another process holds the ledger, or it could not be read or written (exit 75)."""
 
 
 # OS errors that say "fix this and run again" (exit 2); any other one may pass (exit 75).
@@ -123,9 +137,9 @@ def storage_error(exc: BaseException, what: object) -> MailerError:
         text = str(exc)
         code = getattr(exc, "sqlite_errorname", "")
         if code in ("SQLITE_FULL",) or "disk is full" in text:
-            return DiskFull(f"{what}: the disk is full ({text}); free some space and run again")
+            return LedgerFull(f"{what}: the disk is full ({text}); free some space and run again")
         if code.startswith("SQLITE_BUSY") or code.startswith("SQLITE_LOCKED") or "locked" in text:
-            return TryLater(f"{what}: locked by another process ({text}); try again later")
+            return LedgerBusy(f"{what}: locked by another process ({text}); try again later")
         if code.startswith("SQLITE_READONLY") or "readonly" in text:
             return LedgerError(f"{what}: cannot be written ({text}); check the permissions and the mount")
         if code.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
@@ -135,6 +149,6 @@ def storage_error(exc: BaseException, what: object) -> MailerError:
             return LedgerError(f"{what}: not a ledger (not a sound SQLite database: {text}); "
                                "move it away or restore it from a backup")
         if code.startswith("SQLITE_IOERR"):
-            return TryLater(f"{what}: input/output error ({text}); try again later")
+            return LedgerBusy(f"{what}: input/output error ({text}); try again later")
         return LedgerError(f"{what}: {text}")
     return TryLater(f"{what}: {exc}")

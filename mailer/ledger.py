@@ -133,7 +133,19 @@ class PlanCounts:
     done_before: int = 0
 
 
-_MARK_DOT = "UPDATE deliveries SET status=?, attempts=?, updated_at=? WHERE issue=? AND key=?"
+# The point of no return: the row goes in flight only if it is still pending and its address
+# is not suppressed (unsubscribed meanwhile by `mailer unsubscribe`, `serve` or `inbox`). One
+# statement, so no unsubscribe can fall between the check and the record. A bounce does not
+# count when `replay --permanent` sends to bounced addresses on purpose (?1).
+_MARK_DOT = (
+    "UPDATE deliveries SET status=?2, attempts=?3, updated_at=?4 WHERE issue=?5 AND key=?6 "
+    "AND status='pending' AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key "
+    "AND (s.reason != 'bounced' OR NOT ?1))"
+)
+# When it did not go in flight: a pending row was withheld because of the suppression list.
+_WITHHELD = (
+    "UPDATE deliveries SET status='suppressed', updated_at=? WHERE issue=? AND key=? AND status='pending'"
+)
 _RECORD = (
     "UPDATE deliveries SET status=?, attempts=?, last_code=?, last_message=?, permanent=?, "
     "updated_at=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE sent_at END WHERE issue=? AND key=?"
@@ -155,9 +167,10 @@ class Ledger:
     contend for SQLite's write lock, whose busy handler sleeps for milliseconds at a time.
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False, busy_timeout: float | None = None) -> None:
         self.path = path
         self.lock = threading.Lock()
+        self.busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         self._reserve: Path | None = None
         try:
             self._open(read_only)
@@ -202,11 +215,10 @@ class Ledger:
             self.db.close()
             raise
 
-    @staticmethod
-    def _connect(uri: str) -> sqlite3.Connection:
-        db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT,
+    def _connect(self, uri: str) -> sqlite3.Connection:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.busy_timeout,
                              check_same_thread=False)
-        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         return db
 
     @contextlib.contextmanager
@@ -387,30 +399,36 @@ class Ledger:
     # -- delivery events ------------------------------------------------------------------
 
     def mark_dot(
-        self, issue: str, key: str, attempts: int, sent: tuple[str, int, str] | None = None
-    ) -> None:
-        """Durably record, before it is sent, that the final dot is going out.
+        self, issue: str, key: str, attempts: int, sent: tuple[str, int, str] | None = None,
+        *, bounces_allowed: bool = False,
+    ) -> bool:
+        """Durably record, before it is sent, that the final dot is going out; False when it
+        must not go out: the row is no longer pending, or the address is now suppressed (the
+        row is then `suppressed`).
 
         `sent` is the same connection's previous message, (key, attempts, reply), when its
         success is not recorded yet: both go in one commit, so a run costs one commit per
         message and a connection never has more than one message in flight in the ledger.
         """
-        dot = (IN_FLIGHT, attempts, now(), issue, key)
+        dot = (int(bounces_allowed), IN_FLIGHT, attempts, now(), issue, key)
         with self.lock:
             if sent is None:
-                self.db.execute(_MARK_DOT, dot)
-                return
-            success = _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False)
-            try:
-                with self._transaction("DEFERRED"):
-                    self.db.execute(_RECORD, success)
-                    self.db.execute(_MARK_DOT, dot)
-            except sqlite3.OperationalError as exc:
-                # The disk is full: the next message will not go, but the one before it did;
-                # record that in the room kept for it, so that it is not left in doubt.
-                if self._use_reserve(exc):
-                    self.db.execute(_RECORD, success)
-                raise
+                marked = self.db.execute(_MARK_DOT, dot).rowcount == 1
+            else:
+                record = _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False)
+                try:
+                    with self._transaction("DEFERRED"):
+                        self.db.execute(_RECORD, record)
+                        marked = self.db.execute(_MARK_DOT, dot).rowcount == 1
+                except sqlite3.OperationalError as exc:
+                    # The disk is full: the next message will not go, but the one before it
+                    # did; record that in the room kept for it, so it is not left in doubt.
+                    if self._use_reserve(exc):
+                        self.db.execute(_RECORD, record)
+                    raise
+            if not marked:  # rare, so out of the common path's statement
+                self.db.execute(_WITHHELD, (now(), issue, key))
+        return marked
 
     def record(
         self,
@@ -583,6 +601,31 @@ class Ledger:
             "WHERE d.issue=? AND d.status='suppressed'",
             (issue,),
         ).fetchall())
+
+    def suppression_reason(self, email: str) -> str | None:
+        """Why the address is on the suppression list, or None."""
+        with self.lock:
+            row = self.db.execute("SELECT reason FROM suppressions WHERE key=?", (email.lower(),)).fetchone()
+        return None if row is None else str(row[0])
+
+    def resubscribe(self, email: str) -> bool:
+        """Lift an unsubscribe, never a bounce or a complaint; True when one was lifted."""
+        with self.lock:
+            cursor = self.db.execute(
+                "DELETE FROM suppressions WHERE key=? AND reason='unsubscribed'", (email.lower(),)
+            )
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def check(path: Path) -> None:
+        """Raise unless the file is a ledger this mailer can read (opened afresh, read only)."""
+        if not path.is_file():
+            raise LedgerError(f"{path}: no ledger here")
+        ledger = Ledger(path, read_only=True, busy_timeout=2.0)
+        try:
+            ledger.db.execute("SELECT count(*) FROM (SELECT 1 FROM suppressions LIMIT 1)").fetchone()
+        finally:
+            ledger.close()
 
     def is_suppressed(self, email: str) -> bool:
         return self.db.execute(

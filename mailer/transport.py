@@ -280,7 +280,11 @@ class OutboxTransport:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # no use trying the next one: stop
                 raise storage_error(exc, self.folder) from None
             raise DeliveryError(f"cannot write {temporary}: {exc.strerror}", transient=True) from None
-        before_dot()
+        try:
+            before_dot()
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # not to be delivered after all
+            raise
         os.replace(temporary, target)
         return f"250 written to {target.name}"
 

@@ -35,6 +35,8 @@ SETTINGS = [
     "MAILER_ISSUES_DIR",
     "MAILER_STATE_DIR",
     "MAILER_TEMPLATES_DIR",
+    "MAILER_SERVE_HOST",
+    "MAILER_SERVE_PORT",
 ]
 SECRETS = {"MAILER_SMTP_PASSWORD", "MAILER_SECRET"}
 PASSWORD = "pw-Zq7-never-shown"
@@ -67,6 +69,8 @@ def every_setting(ca_file: Path) -> dict[str, str]:
         "MAILER_ISSUES_DIR": "daily",
         "MAILER_STATE_DIR": "var/mailer",
         "MAILER_TEMPLATES_DIR": "our-look",
+        "MAILER_SERVE_HOST": "0.0.0.0",
+        "MAILER_SERVE_PORT": "8181",
     }
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -131,3 +132,30 @@ def test_the_editable_install_finds_the_same_defaults(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     assert templates_dir().resolve() == (ROOT / "templates").resolve()
+
+
+def test_the_installed_wheel_serves_the_unsubscribe_page(installed, tmp_path):
+    """waitress and the form parser come with the wheel, and so does the page's template."""
+    empty = tmp_path / "serve"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.pop("PYTHONPATH", None)
+    env.update({"MAILER_SECRET": "wheel-secret-0123456789",
+                "MAILER_UNSUBSCRIBE_URL": "https://example.org/u/{token}"})
+    process = subprocess.Popen([str(installed / "mailer"), "serve", "--port", "0"], cwd=empty, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        address = process.stdout.readline().strip().removeprefix("listening on ")
+        assert address.startswith("http://127.0.0.1:"), process.stderr.read() if process.stderr else ""
+        from mailer.tokens import make_token
+
+        token = make_token("wheel-secret-0123456789", "a@example.org")
+        with urllib.request.urlopen(f"{address}/u/{token}", timeout=30) as page:
+            assert page.status == 200 and "a@example.org" in page.read().decode()
+        request = urllib.request.Request(f"{address}/u/{token}", data=b"List-Unsubscribe=One-Click")
+        with urllib.request.urlopen(request, timeout=30) as page:
+            assert "You are unsubscribed" in page.read().decode()
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
