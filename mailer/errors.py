@@ -143,10 +143,10 @@ def storage_error(exc: BaseException, what: object) -> MailerError:
         if code.startswith("SQLITE_READONLY") or "readonly" in text:
             return LedgerError(f"{what}: cannot be written ({text}); check the permissions and the mount")
         if code.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
-            return LedgerError(f"{what}: cannot be opened ({text}); check that its directory exists "
-                               "and can be written")
+            return LedgerError(f"{what}: cannot open the ledger ({text}); check that its directory "
+                               "exists and can be written")
         if code in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or "not a database" in text or "malformed" in text:
-            return LedgerError(f"{what}: not a ledger (not a sound SQLite database: {text}); "
+            return LedgerError(f"{what}: cannot open the ledger: not a sound SQLite database ({text}); "
                                "move it away or restore it from a backup")
         if code.startswith("SQLITE_IOERR"):
             return LedgerBusy(f"{what}: input/output error ({text}); try again later")
