@@ -317,6 +317,40 @@ def cmd_unsuppress(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
+    """Read what comes back: bounces, complaints and mailed unsubscribes, and act on them.
+
+    Each SOURCE is a Maildir folder, an mbox file, one message file, or - (one message on
+    standard input, for an MTA's pipe); with none, the IMAP mailbox in MAILER_INBOX_*.
+    Examples:
+      mailer inbox                        the IMAP mailbox (cron, every 15 minutes)
+      mailer inbox ~/Maildir/.bounces     a local Maildir
+      mailer inbox --dry-run bounce.eml   what it would do, changing nothing
+    """
+    from mailer.inbox import Inbox, Summary
+    from mailer.ledger import open_ledger
+    from mailer.mailboxes import Imap, Source, open_source
+
+    sources: list[Source] = [open_source(s) for s in args.sources] if args.sources else [Imap(settings)]
+    # An existing ledger only: run from the wrong folder, a fresh one would know no address,
+    # and every bounce would be read, found about no one, and moved away unheeded.
+    ledger = open_ledger(settings.state_dir, read_only=args.dry_run)
+    results = []
+    try:
+        for result in Inbox(ledger, settings, dry_run=args.dry_run).read(sources):
+            results.append(result)
+            if not args.json:
+                _out(result.line())
+    finally:
+        ledger.close()
+    summary = Summary(results)
+    if args.json:
+        _out(json.dumps(summary.as_json(), indent=2))
+    else:
+        _out(summary.line() + ("; dry run, nothing was changed" if args.dry_run else ""))
+    return EXIT_OK
+
+
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     """Print the settings in effect, secrets masked.
 
@@ -486,6 +520,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "unsubscribe": cmd_unsubscribe,
     "suppressed": cmd_suppressed,
     "unsuppress": cmd_unsuppress,
+    "inbox": cmd_inbox,
     "config": cmd_config,
     "serve": cmd_serve,
 }
@@ -557,6 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("suppressed")
     p = add("unsuppress")
     p.add_argument("address", metavar="ADDRESS")
+    p = add("inbox")
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="a Maildir, an mbox, a message file or - (default: the IMAP mailbox)")
+    p.add_argument("--dry-run", action="store_true", help="classify and print; change nothing")
+    p.add_argument("--json", action="store_true", help="one JSON object")
     add("config")
     p = add("serve")
     p.add_argument("--host", help="address to listen on (default $MAILER_SERVE_HOST, else 127.0.0.1)")

@@ -16,9 +16,10 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mailer.errors import ConfigError
+from mailer.verp import LOCAL_PART_MAX, TOKEN_LENGTH
 
 PREFIX = "MAILER_"
-SECRET_FIELDS = {"smtp_password", "secret"}
+SECRET_FIELDS = {"smtp_password", "secret", "inbox_imap_password"}
 # The placeholder in .env.example: good for trying it out, refused for a real send.
 EXAMPLE_SECRET = "change-me-to-a-long-random-string"  # noqa: S105 - a placeholder, refused
 MIN_SECRET_CHARS = 16
@@ -130,8 +131,16 @@ class Settings(BaseModel):
     issues_dir: Path = Path("issues")
     state_dir: Path = Path("state")
     templates_dir: Path | None = None
+    bounce_address: str | None = None
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=8080, ge=1, le=65535)
+    inbox_imap_host: str | None = None
+    inbox_imap_port: int = Field(default=993, ge=1, le=65535)
+    inbox_imap_user: str | None = None
+    inbox_imap_password: str | None = None
+    inbox_imap_folder: str = "INBOX"
+    inbox_done_folder: str = "Processed"
+    soft_bounce_limit: int = Field(default=3, ge=1, le=100)
 
     _check_from = field_validator("from_", "reply_to")(_single_address)
     @field_validator("donate_url")
@@ -189,6 +198,27 @@ class Settings(BaseModel):
                 if isinstance(value, str) and any("\ud800" <= c <= "\udfff" for c in value):
                     raise ConfigError(f"{PREFIX}{str(key).upper()}: not UTF-8 text")
         return values
+
+    @field_validator("bounce_address")
+    @classmethod
+    def _check_bounce_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        local, at, domain = value.rpartition("@")
+        if parseaddr(value)[1] != value or not at or not local or not value.isascii():
+            raise ValueError("must be a bare ASCII address, such as bounces@example.org")
+        room = LOCAL_PART_MAX - TOKEN_LENGTH - 1  # bounces+TOKEN must fit in a local part
+        if len(local) > room:
+            raise ValueError(
+                f"its local part must be at most {room} characters, to leave room for the VERP token"
+            )
+        return value
+
+    @field_validator("inbox_imap_folder", "inbox_done_folder")
+    @classmethod
+    def _check_folder(cls, value: str) -> str:
+        _no_controls(value)
+        return value
 
     @field_validator("smtp_ca_file")
     @classmethod

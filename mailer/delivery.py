@@ -326,7 +326,8 @@ class Delivery:
         attempts = job.attempts + 1
         try:
             reply = transport.send(
-                self.sender, recipient.email, message, lambda: line.dot(recipient.key, attempts)
+                self.factory.envelope_sender(recipient.email), recipient.email, message,
+                lambda: line.dot(recipient.key, attempts),
             )
         except DeliveryError as exc:
             line.settle()

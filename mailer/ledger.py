@@ -25,7 +25,7 @@ FILE_NAME = "ledger.sqlite3"
 BUSY_TIMEOUT = 60.0
 # Room kept on the disk for recording the deliveries already made when it fills up.
 RESERVE_BYTES = 256 * 1024
-STATUSES = ("sent", "failed", "in_doubt", "suppressed", "skipped", "pending")
+STATUSES = ("sent", "failed", "in_doubt", "suppressed", "skipped", "pending", "bounced", "complained")
 # `dot`: the final "." of the message is about to be sent or was sent with no reply yet.
 # After a crash such a row becomes `in_doubt`; in reports it already counts as one.
 IN_FLIGHT = "dot"
@@ -79,6 +79,28 @@ MIGRATIONS: list[list[str]] = [
     # failure is its own (an address that always fails must not keep the run in exit 75).
     [
         "ALTER TABLE deliveries ADD COLUMN released INTEGER NOT NULL DEFAULT 0",
+    ],
+    # 4: what `mailer inbox` read. A delivered row can become `bounced` or `complained` (a
+    # status, no schema change); soft bounces are kept per address and issue, so that only
+    # bounces from different issues add up; each message read is recorded once by identity,
+    # so that reading it again changes nothing.
+    [
+        """CREATE TABLE soft_bounces (
+            key TEXT NOT NULL,
+            issue TEXT NOT NULL,
+            status TEXT,
+            received_at TEXT NOT NULL,
+            PRIMARY KEY (key, issue)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE inbox_messages (
+            identity TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            email TEXT,
+            issue TEXT,
+            status TEXT,
+            outcome TEXT,
+            read_at TEXT NOT NULL
+        )""",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -322,7 +344,8 @@ class Ledger:
         counts.pending = by_status["pending"]
         counts.skipped = by_status["skipped"]
         counts.suppressed = by_status["suppressed"]
-        counts.done_before = by_status["sent"] + by_status["failed"] + by_status["in_doubt"]
+        done = ("sent", "failed", "in_doubt", "bounced", "complained")
+        counts.done_before = sum(by_status[s] for s in done)
         return counts
 
     @contextlib.contextmanager
@@ -631,6 +654,70 @@ class Ledger:
         return self.db.execute(
             "SELECT 1 FROM suppressions WHERE key=?", (email.lower(),)
         ).fetchone() is not None
+
+
+    # -- what comes back (mailer inbox) ---------------------------------------------------
+
+    # A row the ledger has sent (or may have sent): a bounce or complaint can be about it.
+    _DELIVERED = (
+        f"(sent_at IS NOT NULL OR status IN ('sent', 'in_doubt', '{IN_FLIGHT}', 'bounced', 'complained'))"
+    )
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """One write transaction, for the effects of one message read by `mailer inbox`."""
+        return self._transaction()
+
+    def delivered_to(self, issue: str) -> Iterator[str]:
+        """The addresses this issue was sent to."""
+        for (email,) in self.db.execute(
+            f"SELECT email FROM deliveries WHERE issue=? AND {self._DELIVERED}", (issue,)
+        ):
+            yield email
+
+    def issues_sent_to(self, email: str) -> list[str]:
+        """The issues sent to this address, newest first."""
+        return [issue for (issue,) in self.db.execute(
+            f"SELECT issue FROM deliveries WHERE key=? AND {self._DELIVERED} ORDER BY issue DESC",
+            (email.lower(),),
+        )]
+
+    def was_read(self, identity: str) -> bool:
+        return self.db.execute(
+            "SELECT 1 FROM inbox_messages WHERE identity=?", (identity,)
+        ).fetchone() is not None
+
+    def record_read(
+        self, identity: str, kind: str, email: str | None, issue: str | None, status: str, outcome: str
+    ) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO inbox_messages (identity, kind, email, issue, status, outcome, read_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (identity, kind, email, issue, status, outcome, now()),
+        )
+
+    def mark_returned(self, issue: str, email: str, status: str) -> bool:
+        """A delivered row becomes `bounced` or `complained` (a complaint outranks a bounce)."""
+        before = ("sent", "in_doubt", IN_FLIGHT) + (("bounced",) if status == "complained" else ())
+        cursor = self.db.execute(
+            f"UPDATE deliveries SET status=?, updated_at=? WHERE issue=? AND key=? AND status IN {before!r}",
+            (status, now(), issue, email.lower()),
+        )
+        return cursor.rowcount == 1
+
+    def soft_bounces(self, email: str, since: str, issue: str | None = None) -> int:
+        """Issues that soft-bounced for this address since then, counting `issue` as one."""
+        issues = {i for (i,) in self.db.execute(
+            "SELECT issue FROM soft_bounces WHERE key=? AND received_at >= ?", (email.lower(), since)
+        )}
+        return len(issues | ({issue} if issue is not None else set()))
+
+    def add_soft_bounce(self, email: str, issue: str, status: str) -> None:
+        """One per address and issue: a later one for the same issue only refreshes it."""
+        self.db.execute(
+            "INSERT INTO soft_bounces (key, issue, status, received_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (key, issue) DO UPDATE SET status=excluded.status, received_at=excluded.received_at",
+            (email.lower(), issue, status, now()),
+        )
 
 
 def open_ledger(state_dir: Path, issue: str | None = None, *, read_only: bool = False) -> Ledger:

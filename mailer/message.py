@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import secrets
 import time
 from collections.abc import Mapping
@@ -21,8 +20,9 @@ from markupsafe import escape
 from mailer.config import Settings
 from mailer.render import Personalisable, RenderedIssue, greeting
 from mailer.subscribers import Recipient
-from mailer.tokens import make_token
+from mailer.tokens import make_token, message_id_digest
 from mailer.transport import Transparent
+from mailer.verp import envelope_sender
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
@@ -186,11 +186,17 @@ class MessageFactory:
 
     def message_id(self, email: str) -> str:
         """The same for the same issue and recipient, so that a resend can be recognised."""
-        seed = f"{self._list_id}|{self.issue.date}|{email.lower()}".encode()
-        digest = hashlib.sha256(seed).hexdigest()[:32]
+        digest = message_id_digest(self._list_id, str(self.issue.date), email)
         if self.test:
             digest = f"test.{secrets.token_hex(8)}"
         return f"<{self.issue.date}.{digest}@{self.domain}>"
+
+    def envelope_sender(self, email: str) -> str:
+        """`MAIL FROM`: the VERP address naming this issue and recipient when
+        `$MAILER_BOUNCE_ADDRESS` is set (never for a test send), else `$MAILER_FROM`'s address."""
+        if not self.settings.bounce_address or self.test:
+            return self.settings.from_address
+        return envelope_sender(self.settings.bounce_address, self.secret, str(self.issue.date), email)
 
     def build(self, recipient: Recipient) -> bytes:
         email = recipient.email

@@ -40,3 +40,9 @@ def read_token(secret: str, token: str) -> str:
     if not hmac.compare_digest(given, _mac(secret, email)):
         raise InputError("the unsubscribe token is not genuine; nothing was changed")
     return email
+
+
+def message_id_digest(list_id: str, issue: str, email: str) -> str:
+    """The part of a message's Message-ID that names the issue's recipient: the same for the
+    same issue and address, so that a resend, or a bounce quoting it, can be recognised."""
+    return hashlib.sha256(f"{list_id}|{issue}|{email.lower()}".encode()).hexdigest()[:32]

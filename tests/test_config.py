@@ -35,10 +35,18 @@ SETTINGS = [
     "MAILER_ISSUES_DIR",
     "MAILER_STATE_DIR",
     "MAILER_TEMPLATES_DIR",
+    "MAILER_BOUNCE_ADDRESS",
     "MAILER_SERVE_HOST",
     "MAILER_SERVE_PORT",
+    "MAILER_INBOX_IMAP_HOST",
+    "MAILER_INBOX_IMAP_PORT",
+    "MAILER_INBOX_IMAP_USER",
+    "MAILER_INBOX_IMAP_PASSWORD",
+    "MAILER_INBOX_IMAP_FOLDER",
+    "MAILER_INBOX_DONE_FOLDER",
+    "MAILER_SOFT_BOUNCE_LIMIT",
 ]
-SECRETS = {"MAILER_SMTP_PASSWORD", "MAILER_SECRET"}
+SECRETS = {"MAILER_SMTP_PASSWORD", "MAILER_SECRET", "MAILER_INBOX_IMAP_PASSWORD"}
 PASSWORD = "pw-Zq7-never-shown"
 SECRET = "hmac-key-Xk93-never-shown"
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,8 +77,16 @@ def every_setting(ca_file: Path) -> dict[str, str]:
         "MAILER_ISSUES_DIR": "daily",
         "MAILER_STATE_DIR": "var/mailer",
         "MAILER_TEMPLATES_DIR": "our-look",
+        "MAILER_BOUNCE_ADDRESS": "returns@example.com",
         "MAILER_SERVE_HOST": "0.0.0.0",
         "MAILER_SERVE_PORT": "8181",
+        "MAILER_INBOX_IMAP_HOST": "imap.example.com",
+        "MAILER_INBOX_IMAP_PORT": "10993",
+        "MAILER_INBOX_IMAP_USER": "returns",
+        "MAILER_INBOX_IMAP_PASSWORD": PASSWORD + "-imap",
+        "MAILER_INBOX_IMAP_FOLDER": "INBOX/Returns",
+        "MAILER_INBOX_DONE_FOLDER": "Returns-done",
+        "MAILER_SOFT_BOUNCE_LIMIT": "5",
     }
 
 
