@@ -439,7 +439,7 @@ def test_an_unsubscribe_during_a_send_is_honoured_from_that_moment(env, smtp, is
     write_subscribers(tmp_path / "subscribers.csv", count)
     smtp.recorder.delay = 0.01  # about 100 messages/s per connection at best
     state = Path(env["MAILER_STATE_DIR"])
-    serve_env = dict(os.environ, MAILER_SECRET="test-secret")  # the `env` fixture's settings
+    serve_env = dict(os.environ, MAILER_SECRET="test-secret-16ch")  # the `env` fixture's settings
     served = start_serve(tmp_path, serve_env) if how == "one-click POST" else None
     send = subprocess.Popen([sys.executable, "-m", "mailer", "send", str(issue_file)], cwd=tmp_path,
                             env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -451,7 +451,7 @@ def test_an_unsubscribe_during_a_send_is_honoured_from_that_moment(env, smtp, is
             time.sleep(0.05)
         target = f"reader{sum(smtp.recorder.received().values()) + 200}@example.org"
         if served is not None:
-            response = served.one_click(served.path_of(make_token("test-secret", target)))
+            response = served.one_click(served.path_of(make_token("test-secret-16ch", target)))
             assert response.status == 200
             assert response.seconds < 1.0, response.seconds  # the send does not hold it up
         else:
