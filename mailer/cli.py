@@ -152,7 +152,7 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     if args.dry_run and args.to:
         return _print_test_plan(prepared, settings, args.to, args.outbox)
     if args.dry_run:
-        return _print_dry_run(prepared, settings, subscribers, args.outbox)
+        return _print_dry_run(prepared, settings, subscribers, args.outbox, args.allow_removals)
     if args.to:
         outcome = _with_signals(
             lambda stop: test_send(prepared, settings, args.to, outbox=args.outbox, stop=stop)
@@ -170,7 +170,8 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     with Progress(tally):
         outcome = _with_signals(
             lambda stop: send_issue(
-                prepared, settings, subscribers, outbox=args.outbox, stop=stop, tally=tally
+                prepared, settings, subscribers, outbox=args.outbox, stop=stop, tally=tally,
+                allow_removals=args.allow_removals,
             )
         )
     _summarise(outcome, "send")
@@ -190,8 +191,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from mailer.send import prepare, replay, replay_candidates
 
     prepared = prepare(_issue_path(args, settings), settings)
+    subscribers: Path = args.subscribers or settings.subscribers
     if args.dry_run:
-        rows = replay_candidates(settings, prepared.key, in_doubt=args.in_doubt, permanent=args.permanent)
+        rows = replay_candidates(settings, prepared.key, subscribers, in_doubt=args.in_doubt,
+                                 permanent=args.permanent, allow_removals=args.allow_removals)
         for address, status, last in rows:
             _out(f"would send  {address}  ({status}{': ' + last if last else ''})")
         _out(f"{len(rows)} recipient(s) would be sent to")
@@ -199,8 +202,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     tally = Tally()
     with Progress(tally):
         outcome = _with_signals(
-            lambda stop: replay(prepared, settings, in_doubt=args.in_doubt, permanent=args.permanent,
-                                stop=stop, tally=tally)
+            lambda stop: replay(prepared, settings, subscribers, in_doubt=args.in_doubt,
+                                permanent=args.permanent, stop=stop, tally=tally,
+                                allow_removals=args.allow_removals)
         )
     log.info("replay: %d recipient(s) made pending again", outcome.replayed)
     _summarise(outcome, "replay")
@@ -429,10 +433,12 @@ def _print_warnings(prepared: Prepared) -> None:
         _out(f"warning: {warning}")
 
 
-def _print_dry_run(prepared: Prepared, settings: Settings, subscribers: Path, outbox: Path | None) -> int:
+def _print_dry_run(
+    prepared: Prepared, settings: Settings, subscribers: Path, outbox: Path | None, allow_removals: bool
+) -> int:
     from mailer.send import dry_run
 
-    with dry_run(prepared, settings, subscribers, outbox=outbox) as plan:
+    with dry_run(prepared, settings, subscribers, outbox=outbox, allow_removals=allow_removals) as plan:
         write = sys.stdout.write
         for r in plan.recipients:
             write(f"send  {r.email}{'  (' + r.name + ')' if r.name else ''}\n")
@@ -442,7 +448,9 @@ def _print_dry_run(prepared: Prepared, settings: Settings, subscribers: Path, ou
     _out(
         f"dry run of {prepared.key}: {p.pending} to send, {p.skipped} skipped, "
         f"{p.suppressed} suppressed, {p.duplicates} duplicate row(s), "
-        f"{p.done_before} already handled by an earlier run; nothing was sent"
+        f"{p.done_before} already handled by an earlier run"
+        + (f", {p.missing} of an earlier plan missing from the list (not sent to)" if p.missing else "")
+        + "; nothing was sent"
     )
     _print_warnings(prepared)
     return EXIT_OK
@@ -487,7 +495,9 @@ def _summarise(outcome: Outcome, what: str) -> None:
     from mailer.progress import elapsed
 
     c, t = outcome.counts, outcome.tally
-    if outcome.error is not None:
+    if outcome.error is not None and outcome.exit_code == EXIT_INPUT:
+        log.error("nothing more was sent (exit 2): fix what is named above, then run the same command")
+    elif outcome.error is not None:
         log.error("%s (exit %d); run the same command again to resume", outcome.error, outcome.exit_code)
     elif not outcome.complete and what != "test send":
         log.warning(
@@ -558,6 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     issue_help = "an issue file, a date YYYY-MM-DD (in $MAILER_ISSUES_DIR) or 'today'"
+    allow_removals_help = (
+        "go ahead when the list lacks more than 10%% of the recipients the issue was planned "
+        "with (they were removed on purpose); they are not sent to either way"
+    )
     p = add("validate")
     p.add_argument("issue", metavar="ISSUE", help=issue_help)
     p = add("preview")
@@ -576,8 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a [TEST] send to just this address (repeatable), not recorded")
     p.add_argument("--outbox", type=Path, metavar="DIR",
                    help="write .eml files to DIR instead of SMTP, with a ledger of their own")
+    p.add_argument("--allow-removals", action="store_true", help=allow_removals_help)
     p = add("replay")
     p.add_argument("issue", metavar="ISSUE", help=issue_help)
+    p.add_argument("--subscribers", type=Path, metavar="CSV",
+                   help="the list as it is now (default $MAILER_SUBSCRIBERS, else subscribers.csv)")
+    p.add_argument("--allow-removals", action="store_true", help=allow_removals_help)
     p.add_argument("--in-doubt", action="store_true", help="also those in doubt")
     p.add_argument("--permanent", action="store_true", help="also those refused permanently")
     p.add_argument("--dry-run", action="store_true", help="list who would be sent to")

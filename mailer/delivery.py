@@ -1,4 +1,8 @@
-"""The delivery run: the ledger as the work list, N connections, retries, and a clean stop."""
+"""The delivery run: the ledger as the work list, N connections, retries, and a clean stop.
+
+What a reply means is decided by the verdict table (verdicts.py); when refusals make an
+outage, by the outage rule (outage.py). This module applies both to the ledger.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import heapq
 import itertools
 import logging
 import random
-import re
 import sqlite3
 import sys
 import threading
@@ -25,6 +28,8 @@ from mailer.errors import (
     InputError,
     Interrupted,
     LockHeld,
+    MailerError,
+    RelayRefusesSettings,
     RunStopped,
     ServerUnreachable,
     TryLater,
@@ -33,23 +38,18 @@ from mailer.errors import (
 )
 from mailer.ledger import Ledger
 from mailer.message import MessageFactory
+from mailer.outage import OUTAGE_DOMAINS, OUTAGE_STREAK, THROTTLED_SECONDS, OutageWatch
 from mailer.subscribers import Recipient
 from mailer.throttle import Pacer
 from mailer.transport import Transport
+from mailer.verdicts import Verdict
 
 log = logging.getLogger("mailer")
 
 LOCK_NAME = "send.lock"
 MAX_BACKOFF = 300.0
 SWITCH_INTERVAL = 0.0005  # seconds, during delivery; the interpreter's default is 0.005
-# Recipients failing in a row with no delivery between them, across several domains, say more
-# about the relay than about the addresses: the run stops there (exit 75) and they go back to
-# pending, so an outage or a relay refusing everything never burns through the list marking
-# it failed. The details of what counts are in Delivery._outage.
-OUTAGE_STREAK = 10
-OUTAGE_DOMAINS = 3
-# An enhanced status code of class x.1.x (RFC 3463: addressing) is about the recipient.
-_ADDRESS_STATUS = re.compile(r"[245]\d\d[ -][245]\.1\.\d{1,3}\b")
+__all__ = ["OUTAGE_DOMAINS", "OUTAGE_STREAK", "Delivery", "Tally", "backoff", "run_lock"]
 
 
 @contextlib.contextmanager
@@ -93,7 +93,15 @@ class _Job:
     seq: int
     recipient: Recipient = field(compare=False)
     attempts: int = field(compare=False, default=0)
-    released: int = field(compare=False, default=0)  # times an outage put it back before
+
+
+@dataclass
+class _Refusal:
+    """One recipient's latest refusal, as the outage rule keeps it."""
+
+    job: _Job
+    error: DeliveryError
+    failed: bool = False  # recorded as failed (and counted in the tally) since
 
 
 class _Line:
@@ -143,7 +151,10 @@ class Tally:
 
 
 class Delivery:
-    """Delivers every pending row of one issue in the ledger, then returns."""
+    """Delivers every pending row of one issue in the ledger (of one plan of the list, when
+    given), then returns."""
+
+    throttled_seconds = THROTTLED_SECONDS
 
     def __init__(
         self,
@@ -156,6 +167,7 @@ class Delivery:
         stop: threading.Event,
         tally: Tally | None = None,
         lift_bounces: bool = False,
+        plan: int | None = None,
     ) -> None:
         self.ledger = ledger
         self.issue = issue
@@ -166,6 +178,7 @@ class Delivery:
         self.stop = stop
         self.tally = tally or Tally()
         self.lift_bounces = lift_bounces
+        self.plan = plan
         self.pacer = Pacer(settings.rate_limit)
         self.debug = log.isEnabledFor(logging.DEBUG)  # checked once, not once per message
         lock = threading.Lock()
@@ -176,10 +189,15 @@ class Delivery:
         self._seq = itertools.count()
         self._fed = False
         self._busy = 0
-        self._abort: TryLater | None = None
-        self._streak: dict[str, tuple[_Job, DeliveryError]] = {}  # recipients failed since the last delivery
-        self._streak_domains: set[str] = set()
-        self._list_domains = OUTAGE_DOMAINS  # domains in the list, up to OUTAGE_DOMAINS
+        self._abort: MailerError | None = None
+        # Refusals, the outage rule and the connections open: a lock of their own, never
+        # held while waiting for `_cond`.
+        self._refusals = threading.Lock()
+        self.outage: OutageWatch[_Refusal] = OutageWatch(0, OUTAGE_DOMAINS)
+        self._live = 0  # connections open now
+        self._first = threading.Event()  # the run's first connection was tried
+        self._first_taken = False
+        self._warned: set[str] = set()
 
     # -- the work list --------------------------------------------------------------------
 
@@ -187,14 +205,14 @@ class Delivery:
         """Fill the queue from the ledger; when full, wait until it is half empty, so the
         feeder wakes once per few hundred messages rather than once per message."""
         limit = 256 * self.settings.smtp_connections
-        for recipient, attempts, released in self.ledger.pending(self.issue):
+        for recipient, attempts in self.ledger.pending(self.issue, plan=self.plan):
             with self._cond:
                 if len(self._queue) >= limit:
                     while len(self._queue) > limit // 2 and not self._stopping():
                         self._room.wait(0.5)
                 if self._stopping():
                     break
-                self._queue.append(_Job(0.0, next(self._seq), recipient, attempts, released))
+                self._queue.append(_Job(0.0, next(self._seq), recipient, attempts))
                 self._cond.notify()
         with self._cond:
             self._fed = True
@@ -203,13 +221,14 @@ class Delivery:
     def _stopping(self) -> bool:
         return self.stop.is_set() or self._abort is not None
 
-    def _halt(self, error: TryLater) -> None:
+    def _halt(self, error: MailerError) -> None:
         """Stop the run (the first reason wins) and wake everyone waiting."""
         with self._cond:
             if self._abort is None:
                 self._abort = error  # logged once, by whoever reports how the run ended
             self._cond.notify_all()
             self._room.notify_all()
+        self._first.set()
 
     def _take(self, idle: Callable[[], None]) -> _Job | None:
         """The next job due; `idle` runs (outside the lock) before waiting for one."""
@@ -251,8 +270,12 @@ class Delivery:
     # -- the run --------------------------------------------------------------------------
 
     def run(self) -> Tally:
-        self.tally.total = self.ledger.counts(self.issue)["pending"]
-        self._list_domains = self.ledger.pending_domains(self.issue, OUTAGE_DOMAINS)
+        pending = self.ledger.count_pending(self.issue, plan=self.plan)
+        self.tally.total = pending
+        self.outage = OutageWatch(
+            pending, self.ledger.pending_domains(self.issue, OUTAGE_DOMAINS, plan=self.plan),
+            throttled_seconds=self.throttled_seconds,
+        )
         workers = [
             threading.Thread(target=self._work, name=f"smtp-{n}", daemon=True)
             for n in range(self.settings.smtp_connections)
@@ -281,14 +304,25 @@ class Delivery:
             raise Interrupted("interrupted: the messages in flight were recorded, the rest left pending")
         return self.tally
 
+    # -- one connection -------------------------------------------------------------------
+
     def _work(self) -> None:
         transport = self.transports()
         line = _Line(self.ledger, self.issue, self.lift_bounces)
         connect_failures = 0
+        live = False
         try:
             while (job := self._take(line.settle)) is not None:
-                retry = None
+                retry: _Job | None = None
+                retire = False
                 try:
+                    if not live:
+                        if not self._open(transport):
+                            retry = job
+                            continue
+                        live = True
+                        with self._refusals:
+                            self._live += 1
                     if self.pacer.rate is not None:
                         line.settle()  # a paced wait can be long: record the last success first
                     self.pacer.wait(self.stop)
@@ -296,19 +330,18 @@ class Delivery:
                     connect_failures = 0
                 except ConnectFailed as exc:
                     line.settle()
-                    connect_failures += 1
                     retry = job  # never tried: not an attempt, and it stays pending
                     job.due = 0.0
-                    if exc.fatal or connect_failures >= self.settings.max_attempts:
-                        self._halt(ServerUnreachable(
-                            f"cannot reach the SMTP server: {exc}; stopped early, the rest left pending"
-                        ))
-                    else:
-                        wait = backoff(connect_failures, self.settings.retry_base_seconds)
-                        log.warning("cannot reach the SMTP server (%s); again in %.1fs", exc, wait)
-                        self.stop.wait(wait)
+                    if live:
+                        live = False
+                        with self._refusals:
+                            self._live -= 1
+                    connect_failures += 1
+                    retire = self._cannot_connect(exc, connect_failures)
                 finally:
                     self._finish(retry)
+                if retire:
+                    break
             line.settle()
         except Exception as exc:
             # A full disk, a locked ledger, an unwritable outbox: a dead thread would leave
@@ -317,7 +350,70 @@ class Delivery:
             with contextlib.suppress(Exception):
                 line.settle()  # the last success, if the ledger can still take it
         finally:
+            if live:
+                with self._refusals:
+                    self._live -= 1
             transport.close()
+
+    def _open(self, transport: Transport) -> bool:
+        """Open this connection; the run's first opens alone, so that a refused login or
+        certificate is met once, not once per connection at the same moment. False when the
+        run stopped meanwhile."""
+        with self._refusals:
+            first, self._first_taken = not self._first_taken, True
+        if first:
+            try:
+                transport.open()
+            except ConnectFailed as exc:
+                if exc.verdict is Verdict.CONFIG:  # before anyone else tries
+                    self._halt(RelayRefusesSettings(str(exc)))
+                raise
+            finally:
+                self._first.set()
+            return True
+        while not self._first.wait(0.5):
+            if self._stopping():
+                return False
+        if self._stopping():
+            return False
+        transport.open()
+        return True
+
+    def _cannot_connect(self, exc: ConnectFailed, failures: int) -> bool:
+        """A connection could not be opened: stop the run, wait and try again, or (True)
+        retire this connection and go on with the others."""
+        if exc.verdict is Verdict.CONFIG:
+            self._halt(RelayRefusesSettings(str(exc)))
+            return False
+        with self._refusals:
+            others = self._live
+        if others and (exc.verdict is Verdict.THROTTLED or failures >= self.settings.max_attempts):
+            self._warn_once(
+                f"going on with fewer connections than MAILER_SMTP_CONNECTIONS="
+                f"{self.settings.smtp_connections}: {exc}"
+            )
+            return True
+        if failures >= self.settings.max_attempts:
+            self._halt(ServerUnreachable(
+                f"cannot reach the SMTP server: {exc}; stopped early, the rest left pending"
+            ))
+            return False
+        wait = backoff(failures, self.settings.retry_base_seconds)
+        self._warn_once(f"cannot reach the SMTP server ({exc}); trying again", f"again in {wait:.1f}s")
+        self.stop.wait(wait)
+        return False
+
+    def _warn_once(self, problem: str, detail: str = "") -> None:
+        """One warning per distinct problem, not one per connection and try."""
+        with self._refusals:
+            new = problem not in self._warned
+            self._warned.add(problem)
+        if new:
+            log.warning("%s", problem)
+        else:
+            log.debug("%s%s", problem, f" ({detail})" if detail else "")
+
+    # -- one message ----------------------------------------------------------------------
 
     def _attempt(self, job: _Job, transport: Transport, line: _Line) -> _Job | None:
         """One try at one message; returns the job when it is to be tried again later."""
@@ -331,13 +427,12 @@ class Delivery:
             )
         except DeliveryError as exc:
             line.settle()
-            job.attempts = attempts
-            return self._failed(job, exc, self.ledger)
+            return self._refused(job, attempts, exc)
         except Withheld:
             # Unsubscribed while the run was going: the transport closed the connection with
             # the final dot unsent, so the server discards the message. Not a failure.
             log.info("%s: on the suppression list since the run started; not sent", recipient.email)
-            with self._cond:
+            with self._refusals:
                 self.tally.withheld += 1
             return None
         line.sent = (recipient.key, attempts, reply)
@@ -346,89 +441,105 @@ class Delivery:
         if self.lift_bounces:
             self.ledger.unsuppress_bounce(recipient.email)
         self.pacer.success()
-        with self._cond:
+        with self._refusals:
             self.tally.sent += 1
-            if self._streak:
-                self._streak.clear()
-                self._streak_domains.clear()
+            self.outage.delivered()
         return None
 
-    def _failed(self, job: _Job, exc: DeliveryError, ledger: Ledger) -> _Job | None:
-        email, key, attempts = job.recipient.email, job.recipient.key, job.attempts
-        if exc.throttled:
-            self.pacer.throttle()
-        if exc.in_doubt:
-            ledger.record(self.issue, key, "in_doubt", attempts, exc.code, exc.message)
-            log.warning("%s: in doubt (%s); not resent, see `mailer replay --in-doubt`", email, exc)
-            with self._cond:
+    def _refused(self, job: _Job, attempts: int, exc: DeliveryError) -> _Job | None:
+        """Apply a refusal's verdict; the job when it is to be tried again in this run."""
+        ledger, key, email = self.ledger, job.recipient.key, job.recipient.email
+        if exc.verdict is Verdict.CONFIG:  # the sender refused: our settings, not the recipient
+            ledger.release(self.issue, key, None, None, answered=True, count=False)
+            if exc.code == 530:  # RFC 4954: authentication required
+                problem = "MAILER_SMTP_USER and MAILER_SMTP_PASSWORD: the relay wants a login"
+            else:
+                problem = f"MAILER_FROM: the relay refused the sender <{self.sender}>"
+            self._halt(RelayRefusesSettings(
+                f"{problem} ({exc.message}); check the setting, and that the relay lets this "
+                "mailer send as that sender; nobody was marked failed"
+            ))
+            return None
+        if exc.transient:  # transient refusals slow the whole run, whatever their text
+            self.pacer.throttle(0.5 if exc.throttled else Pacer.GENTLE)
+        with self._refusals:
+            if self._abort is not None and not exc.in_doubt:  # in flight as the run stopped
+                ledger.release(self.issue, key, exc.code, exc.message, answered=True, count=False)
+                return None
+            if exc.throttled:  # the slower pace is the answer: no attempt spent
+                ledger.record(self.issue, key, "pending", job.attempts, exc.code, exc.message)
+                undo = self.outage.throttled()
+                if undo is None:
+                    job.due = 0.0
+                    return job
+                self._stop_for_outage(undo, job, exc, throttled=True)
+                return None
+            job.attempts = attempts
+            refusal = _Refusal(job, exc)
+            if exc.in_doubt:  # it may have been delivered: in doubt whatever follows
+                ledger.record(self.issue, key, "in_doubt", attempts, exc.code, exc.message)
                 self.tally.in_doubt += 1
-            self._outage(job, exc, ledger)  # a relay dropping after every dot is an outage too
-            return None
-        if self._outage(job, exc, ledger):
-            return None
-        if exc.transient and attempts < self.settings.max_attempts:
-            ledger.record(self.issue, key, "pending", attempts, exc.code, exc.message)
-            wait = backoff(attempts, self.settings.retry_base_seconds)
-            log.info("%s: attempt %d failed (%s); again in %.1fs", email, attempts, exc, wait)
-            job.due = time.monotonic() + wait
-            with self._cond:
+                log.warning(
+                    "%s: in doubt (%s); most such messages were delivered: not resent, see `mailer report`",
+                    email, exc,
+                )
+                if self._abort is not None:
+                    return None
+            undo = self.outage.refused(key, job.recipient.domain, refusal)
+            if undo is not None:
+                self._stop_for_outage(undo, job, exc)
+                return None
+            if exc.in_doubt:
+                return None
+            if exc.verdict is Verdict.TRANSIENT and attempts < self.settings.max_attempts:
+                ledger.record(self.issue, key, "pending", attempts, exc.code, exc.message)
+                wait = backoff(attempts, self.settings.retry_base_seconds)
+                log.info("%s: attempt %d failed (%s); again in %.1fs", email, attempts, exc, wait)
+                job.due = time.monotonic() + wait
                 self.tally.retried += 1
-            return job
-        permanent = not exc.transient
-        ledger.record(self.issue, key, "failed", attempts, exc.code, exc.message, permanent=permanent)
-        if permanent:
-            ledger.suppress(email, "bounced", f"{self.issue}: {exc.message}")
+                return job
+            bad_address = exc.verdict is Verdict.BAD_ADDRESS
+            permanent = exc.verdict in (Verdict.BAD_ADDRESS, Verdict.REFUSED)
+            ledger.record(self.issue, key, "failed", attempts, exc.code, exc.message, permanent=permanent)
+            if bad_address:
+                ledger.suppress(email, "bounced", f"{self.issue}: {exc.message}")
+            refusal.failed = True
+            self.tally.failed += 1
         log.warning(
             "%s: failed after %d attempt%s (%s)%s",
             email, attempts, "" if attempts == 1 else "s", exc,
-            "; suppressed for later issues" if permanent else "",
+            "; suppressed for later issues" if bad_address else "",
         )
-        with self._cond:
-            self.tally.failed += 1
         return None
 
-    def _outage(self, job: _Job, exc: DeliveryError, ledger: Ledger) -> bool:
-        """Count a failure towards an outage; when the streak looks like the relay's fault,
-        stop the run and put the streak back to pending (lifting the suppressions it added).
-
-        What counts: recipients (not attempts) failing with no delivery between them, across
-        OUTAGE_DOMAINS domains (or all the list has). What does not: a refusal about the
-        mailbox itself (enhanced status x.1.x), a throttling reply before the message's last
-        attempt (the pacer's business), and a recipient an outage already put back once (its
-        failure is its own now, so an address that always fails cannot keep the run in 75).
-        """
-        own_fault = _ADDRESS_STATUS.match(exc.message) is not None
-        paced = exc.throttled and job.attempts < self.settings.max_attempts
-        with self._cond:
-            if self._abort is not None:
-                streak = [(job, exc)]  # in flight as the run stopped: pending, like the streak
-            elif own_fault or paced or job.released:
-                return False
-            else:
-                self._streak[job.recipient.key] = (job, exc)
-                self._streak_domains.add(job.recipient.domain)
-                if len(self._streak) < OUTAGE_STREAK or len(self._streak_domains) < self._list_domains:
-                    return False
-                streak = list(self._streak.values())
-                self._streak, self._streak_domains = {}, set()
-        if len(streak) > 1:
-            self._halt(RunStopped(
-                f"{len(streak)} recipients in a row refused, none delivered between them "
-                f"(last: {exc.message}); the relay looks down or is refusing everything; "
-                "stopped early, the rest left pending"
-            ))
-        for earlier, error in streak:
-            if error.in_doubt:
-                continue  # it may have been delivered: it stays in doubt
-            r = earlier.recipient
-            answered = earlier is job  # this connection's own message: refused, not in doubt
-            released = ledger.release(self.issue, r.key, error.code, error.message, answered=answered)
-            if released and not error.transient:
-                ledger.unsuppress_bounce(r.email)
-        with self._cond:
-            self.tally.failed -= sum(  # those already counted as failed, this one not yet
-                1 for earlier, error in streak
-                if earlier is not job and not error.in_doubt
-                and (not error.transient or earlier.attempts >= self.settings.max_attempts)
+    def _stop_for_outage(
+        self, undo: list[_Refusal], job: _Job, exc: DeliveryError, *, throttled: bool = False
+    ) -> None:
+        """Stop the run and put back to pending, attempts not counted, every recipient the
+        outage refused: no one is failed or suppressed by it. Holds `_refusals`."""
+        domains = len({r.job.recipient.domain for r in undo})
+        if throttled:
+            reason = (
+                f"the relay has throttled every message for {self.throttled_seconds:.0f} s with "
+                f"nothing delivered (last: {exc.message})"
             )
-        return True
+        else:
+            reason = (
+                f"{len(undo)} recipient(s) in a row refused at {domains} domain(s), none delivered "
+                f"between them (last: {exc.message}); the relay looks down or is refusing everything"
+            )
+        self._halt(RunStopped(f"{reason}; stopped early, nobody marked failed, the rest left pending"))
+        if not any(r.job is job for r in undo) and not exc.in_doubt:
+            self.ledger.release(self.issue, job.recipient.key, exc.code, exc.message, answered=True)
+        for refusal in undo:
+            if refusal.error.in_doubt:
+                continue  # it may have been delivered: it stays in doubt
+            r = refusal.job.recipient
+            released = self.ledger.release(
+                self.issue, r.key, refusal.error.code, refusal.error.message,
+                answered=refusal.job is job,
+            )
+            if released and refusal.error.verdict is Verdict.BAD_ADDRESS:
+                self.ledger.unsuppress_bounce(r.email)
+            if refusal.failed:
+                self.tally.failed -= 1

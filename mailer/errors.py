@@ -6,6 +6,8 @@ of the exception class, decided here and read only by the command line.
 
 from __future__ import annotations
 
+from mailer.verdicts import Verdict
+
 
 class MailerError(Exception):
     """Root of the mailer's exceptions."""
@@ -39,6 +41,11 @@ class LedgerError(InputError):
     """The ledger cannot be used as it is (for example a newer schema)."""
 
 
+class RelayRefusesSettings(InputError):
+    """The relay refuses what our settings make us send (the login, the certificate, the
+    sender...): retrying would give the same answer, so the run stops at once."""
+
+
 class TryLater(MailerError):
     """The run stopped before its end; re-running the same command resumes."""
 
@@ -63,31 +70,37 @@ class Interrupted(TryLater):
 
 
 class DeliveryError(MailerError):
-    """One message was not delivered; `transient` says whether a retry may help."""
+    """One message was not delivered; `verdict` (from the verdict table) says what follows."""
 
     def __init__(
-        self,
-        message: str,
-        *,
-        code: int | None = None,
-        transient: bool,
-        throttled: bool = False,
-        in_doubt: bool = False,
+        self, message: str, *, verdict: Verdict, code: int | None = None, stage: str = "dot"
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.transient = transient
-        self.throttled = throttled
-        self.in_doubt = in_doubt
+        self.verdict = verdict
+        self.stage = stage
+
+    @property
+    def transient(self) -> bool:
+        return self.verdict in (Verdict.TRANSIENT, Verdict.THROTTLED)
+
+    @property
+    def throttled(self) -> bool:
+        return self.verdict is Verdict.THROTTLED
+
+    @property
+    def in_doubt(self) -> bool:
+        return self.verdict is Verdict.IN_DOUBT
 
 
 class ConnectFailed(MailerError):
-    """No session could be opened with the server (refused, TLS, AUTH): no message was tried."""
+    """No session could be opened with the server: no message was tried. `verdict` is
+    CONFIG when our settings are refused, THROTTLED when the relay is busy (421), else RELAY."""
 
-    def __init__(self, message: str, *, fatal: bool = False) -> None:
+    def __init__(self, message: str, *, verdict: Verdict = Verdict.RELAY) -> None:
         super().__init__(message)
-        self.fatal = fatal
+        self.verdict = verdict
 
 
 class Withheld(MailerError):

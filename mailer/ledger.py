@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailer.errors import InputError, LedgerError, storage_error
+from mailer.errors import InputError, LedgerError, SubscribersError, storage_error
 from mailer.subscribers import Recipient, SkippedRow
 
 FILE_NAME = "ledger.sqlite3"
@@ -75,8 +75,9 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX deliveries_status",
         "CREATE INDEX deliveries_queue ON deliveries (issue, status, row, key)",
     ],
-    # 3: how many times a row was put back to pending by an outage; the second time its
-    # failure is its own (an address that always fails must not keep the run in exit 75).
+    # 3: how many times a row was put back to pending by an outage. No one is ever failed
+    # by refusals that stopped a run as an outage, however many runs it lasts; those put back
+    # are tried after the others, so that they never hold back the rest of the list.
     [
         "ALTER TABLE deliveries ADD COLUMN released INTEGER NOT NULL DEFAULT 0",
     ],
@@ -153,6 +154,8 @@ class PlanCounts:
     suppressed: int = 0
     duplicates: int = 0
     done_before: int = 0
+    missing: int = 0  # recipients of earlier plans not in this list: left as they are
+    plan_id: int = 0
 
 
 # The point of no return: the row goes in flight only if it is still pending and its address
@@ -291,23 +294,31 @@ class Ledger:
 
     # -- planning -------------------------------------------------------------------------
 
-    def plan(self, issue: str, rows: Iterable[Recipient | SkippedRow], batch: int = 5000) -> PlanCounts:
+    def plan(
+        self, issue: str, rows: Iterable[Recipient | SkippedRow], batch: int = 5000, *,
+        source: str = "the list", allow_removals: bool = True,
+    ) -> PlanCounts:
         """Record every row of the list for this issue, in one transaction.
 
-        A row already delivered, failed or in doubt keeps its state. Otherwise the list as it
-        is now decides: a pending row whose subscriber has since unsubscribed is skipped, a
-        skipped or suppressed one that may now be sent is pending again. Within one list,
-        duplicates (case-insensitive) collapse into one row, and a duplicate saying skip
-        (unsubscribed, bounced...) wins over one saying send, whichever comes first. A row of
-        an earlier plan missing from this list keeps its state: a short or half-written list
-        must never drop anyone who was to get the issue.
+        The list as it is now decides. A row delivered or in flight keeps its state; a
+        failed or in-doubt one is skipped if the list now says so; otherwise a pending row
+        whose subscriber has since unsubscribed is skipped, a skipped or suppressed one that
+        may now be sent is pending again. Within one list, duplicates (case-insensitive)
+        collapse into one row, and a duplicate saying skip (unsubscribed, bounced...) wins
+        over one saying send, whichever comes first. A row of an earlier plan missing from
+        this list keeps its state, and the run (of this plan) does not send to it; when more
+        than a tenth of the recipients are missing, the list is refused (a half-written
+        export) unless `allow_removals`, and nothing is changed.
         """
         counts = PlanCounts()
         stamp = now()
         plan_id = time.time_ns()
-        keep_old = (
-            "deliveries.status NOT IN ('pending', 'skipped', 'suppressed') "
-            "OR (deliveries.plan = excluded.plan AND deliveries.status != 'pending')"
+        status = (
+            "CASE WHEN deliveries.status IN ('sent', 'dot') THEN deliveries.status "
+            "WHEN deliveries.status IN ('failed', 'in_doubt') THEN "
+            "CASE WHEN excluded.status = 'skipped' THEN 'skipped' ELSE deliveries.status END "
+            "WHEN deliveries.plan = excluded.plan AND deliveries.status != 'pending' THEN deliveries.status "
+            "ELSE excluded.status END"
         )
         upsert = f"""
             INSERT INTO deliveries (issue, key, email, name, row, status, reason, plan,
@@ -318,11 +329,20 @@ class Ledger:
                     ?7, ?8, ?9, ?9)
             ON CONFLICT (issue, key) DO UPDATE SET
                 plan = excluded.plan,
-                status = CASE WHEN {keep_old} THEN deliveries.status ELSE excluded.status END,
-                reason = CASE WHEN {keep_old} THEN deliveries.reason ELSE excluded.reason END,
+                status = {status},
+                reason = CASE WHEN {status} = deliveries.status
+                              THEN deliveries.reason ELSE excluded.reason END,
                 updated_at = excluded.updated_at
         """
+        # Those it was to go to: an address unsubscribed since is not missed when it is gone.
+        recipients = (
+            "issue=? AND status NOT IN ('skipped', 'suppressed') "
+            "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key)"
+        )
         with self._transaction():
+            planned = self.db.execute(
+                f"SELECT count(*) FROM deliveries WHERE {recipients}", (issue,)
+            ).fetchone()[0]
             chunk: list[tuple[object, ...]] = []
             for item in rows:
                 counts.rows += 1
@@ -336,12 +356,22 @@ class Ledger:
                     self.db.executemany(upsert, chunk)
                     chunk.clear()
             self.db.executemany(upsert, chunk)
+            counts.missing = self.db.execute(
+                f"SELECT count(*) FROM deliveries WHERE {recipients} AND plan != ?", (issue, plan_id)
+            ).fetchone()[0]
+            if counts.missing * 10 > planned and not allow_removals:
+                raise SubscribersError(
+                    f"{source}: lacks {counts.missing} of the {planned} recipients this issue was "
+                    "planned with (more than 10%): a half-written export? Nothing was sent; if they "
+                    "were removed on purpose, run again with --allow-removals"
+                )
         by_status = self.counts(issue)
         in_this_plan = self.db.execute(
             "SELECT count(*) FROM deliveries WHERE issue=? AND plan=?", (issue, plan_id)
         ).fetchone()[0]
+        counts.plan_id = plan_id
         counts.duplicates = counts.rows - in_this_plan
-        counts.pending = by_status["pending"]
+        counts.pending = self.count_pending(issue, plan=plan_id)
         counts.skipped = by_status["skipped"]
         counts.suppressed = by_status["suppressed"]
         done = ("sent", "failed", "in_doubt", "bounced", "complained")
@@ -383,28 +413,40 @@ class Ledger:
         )
         return cursor.rowcount
 
-    def pending(self, issue: str, batch: int = 2000) -> Iterator[tuple[Recipient, int, int]]:
-        """Pending recipients in list order, with the attempts made so far and the times an
-        outage put them back, read in batches."""
-        last: tuple[int, str] = (-1, "")
-        while True:
-            with self.lock:
-                rows = self.db.execute(
-                    "SELECT row, key, email, name, attempts, released FROM deliveries WHERE issue=? "
-                    "AND status='pending' AND (row, key) > (?, ?) ORDER BY row, key LIMIT ?",
-                    (issue, *last, batch),
-                ).fetchall()
-            if not rows:
-                return
-            for row, _key, email, name, attempts, released in rows:
-                yield Recipient(row, email, name), attempts, released
-            last = (rows[-1][0], rows[-1][1])
+    def pending(
+        self, issue: str, batch: int = 2000, *, plan: int | None = None
+    ) -> Iterator[tuple[Recipient, int]]:
+        """Pending recipients (of one plan of the list, when given) in list order, with the
+        attempts made so far, read in batches; those an outage put back come last."""
+        in_plan = "" if plan is None else f" AND plan={int(plan)}"
+        for put_back in (0, 1):
+            last: tuple[int, str] = (-1, "")
+            while True:
+                with self.lock:
+                    rows = self.db.execute(
+                        "SELECT row, key, email, name, attempts FROM deliveries WHERE issue=? "
+                        f"AND status='pending' AND (released > 0) = ?{in_plan} AND (row, key) > (?, ?) "
+                        "ORDER BY row, key LIMIT ?",
+                        (issue, put_back, *last, batch),
+                    ).fetchall()
+                if not rows:
+                    break
+                for row, _key, email, name, attempts in rows:
+                    yield Recipient(row, email, name), attempts
+                last = (rows[-1][0], rows[-1][1])
 
-    def pending_domains(self, issue: str, enough: int) -> int:
+    def count_pending(self, issue: str, *, plan: int | None = None) -> int:
+        in_plan = "" if plan is None else f" AND plan={int(plan)}"
+        return int(self.db.execute(
+            f"SELECT count(*) FROM deliveries WHERE issue=? AND status='pending'{in_plan}", (issue,)
+        ).fetchone()[0])
+
+    def pending_domains(self, issue: str, enough: int, *, plan: int | None = None) -> int:
         """How many domains the pending recipients are at, counting no further than `enough`."""
+        in_plan = "" if plan is None else f" AND plan={int(plan)}"
         return int(self.db.execute(
             "SELECT count(*) FROM (SELECT DISTINCT substr(key, instr(key, '@') + 1) FROM deliveries "
-            "WHERE issue=? AND status='pending' LIMIT ?)",
+            f"WHERE issue=? AND status='pending'{in_plan} LIMIT ?)",
             (issue, enough),
         ).fetchone()[0])
 
@@ -482,18 +524,20 @@ class Ledger:
         return True
 
     def release(
-        self, issue: str, key: str, code: int | None, message: str | None, *, answered: bool = False
+        self, issue: str, key: str, code: int | None, message: str | None, *,
+        answered: bool = False, count: bool = True,
     ) -> bool:
-        """Back to pending, attempts forgotten, after an outage. Never a row in flight or done
-        on another connection meanwhile, except (`answered`) the caller's own message, whose
-        final dot was answered with a refusal. True when the row was released."""
+        """Back to pending, attempts forgotten, after an outage (`count`: one more time put
+        back) or a run stopped for another reason. Never a row in flight or done on another
+        connection meanwhile, except (`answered`) the caller's own message, whose final dot
+        was answered with a refusal. True when the row was released."""
         statuses = ("pending", "failed", IN_FLIGHT) if answered else ("pending", "failed")
         with self.lock:
             cursor = self.db.execute(
-                "UPDATE deliveries SET status='pending', attempts=0, permanent=0, released=released+1, "
-                "last_code=?, last_message=?, updated_at=? "
+                "UPDATE deliveries SET status='pending', attempts=0, permanent=0, released=released+?, "
+                "last_code=coalesce(?, last_code), last_message=coalesce(?, last_message), updated_at=? "
                 f"WHERE issue=? AND key=? AND status IN {statuses!r}",
-                (code, message, now(), issue, key),
+                (int(count), code, message, now(), issue, key),
             )
         return cursor.rowcount == 1
 
@@ -510,6 +554,16 @@ class Ledger:
             "UPDATE runs SET ended_at=?, outcome=?, delivered=? WHERE id=?",
             (now(), outcome, delivered, run_id),
         )
+
+    def delivered_between(self, issue: str, start: str, end: str | None) -> tuple[int, str | None]:
+        """Messages recorded as sent from `start` up to (not including) `end`, and when the
+        last of them was: what a run delivered, even one killed before it could say."""
+        count, last = self.db.execute(
+            "SELECT count(*), max(sent_at) FROM deliveries WHERE issue=? AND status='sent' "
+            "AND sent_at >= ? AND (? IS NULL OR sent_at < ?)",
+            (issue, start, end, end),
+        ).fetchone()
+        return int(count), last
 
     def runs(self, issue: str) -> list[sqlite3.Row]:
         self.db.row_factory = sqlite3.Row
@@ -551,35 +605,40 @@ class Ledger:
     # -- replay ---------------------------------------------------------------------------
 
     @staticmethod
-    def _replayable(in_doubt: bool, permanent: bool) -> str:
+    def _replayable(in_doubt: bool, permanent: bool, plan: int | None = None) -> str:
         """The rows `replay` takes: failed after retries, pending (left by a stopped run),
         optionally in doubt or refused, and never an address on the suppression list (a
-        bounce only with `permanent`)."""
+        bounce only with `permanent`) nor one missing from the list (`plan`)."""
         conditions = ["(status='failed' AND permanent=0)", "status='pending'"]
         if in_doubt:
             conditions.append(f"status IN ('in_doubt', '{IN_FLIGHT}')")
         if permanent:
             conditions.append("(status='failed' AND permanent=1)")
+        in_plan = "" if plan is None else f"plan={int(plan)} AND "
         return (
-            f"issue=? AND ({' OR '.join(conditions)}) AND NOT EXISTS (SELECT 1 FROM suppressions s "
+            f"issue=? AND {in_plan}({' OR '.join(conditions)}) AND NOT EXISTS (SELECT 1 FROM suppressions s "
             f"WHERE s.key = deliveries.key AND (s.reason != 'bounced' OR NOT {int(permanent)}))"
         )
 
-    def replay_candidates(self, issue: str, *, in_doubt: bool, permanent: bool) -> list[tuple[str, str, str]]:
+    def replay_candidates(
+        self, issue: str, *, in_doubt: bool, permanent: bool, plan: int | None = None
+    ) -> list[tuple[str, str, str]]:
         """Who `replay` would send to: (address, status, last reply), nothing changed."""
         rows = self.db.execute(
             "SELECT email, CASE status WHEN ? THEN 'in_doubt' ELSE status END, "
             "coalesce(last_message, '') FROM deliveries WHERE "
-            + self._replayable(in_doubt, permanent) + " ORDER BY row, key",
+            + self._replayable(in_doubt, permanent, plan) + " ORDER BY row, key",
             (IN_FLIGHT, issue),
         )
         return [(email, status, last) for email, status, last in rows]
 
-    def reset_for_replay(self, issue: str, *, in_doubt: bool, permanent: bool) -> int:
+    def reset_for_replay(
+        self, issue: str, *, in_doubt: bool, permanent: bool, plan: int | None = None
+    ) -> int:
         """Make the chosen failures pending again; nothing already sent is ever touched."""
         cursor = self.db.execute(
             "UPDATE deliveries SET status='pending', attempts=0, permanent=0, updated_at=? WHERE "
-            + self._replayable(in_doubt, permanent),
+            + self._replayable(in_doubt, permanent, plan),
             (now(), issue),
         )
         return cursor.rowcount

@@ -24,17 +24,22 @@ class Report:
     replay_flags: str
 
     @property
+    def delivered(self) -> int:
+        """Delivered by every run, killed ones included."""
+        return sum(r["delivered"] for r in self.runs)
+
+    @property
     def rate(self) -> float | None:
-        """Messages delivered per second over the runs that ended."""
+        """Messages delivered per second over the runs (a killed run up to its last delivery)."""
         seconds = 0.0
         for run in self.runs:
-            if run["ended_at"]:
+            end = run["ended_at"] or run["last_sent_at"]
+            if end:
                 start = dt.datetime.fromisoformat(run["started_at"])
-                end = dt.datetime.fromisoformat(run["ended_at"])
-                seconds += (end - start).total_seconds()
+                seconds += (dt.datetime.fromisoformat(end) - start).total_seconds()
         if not seconds:
             return None
-        return round(sum(r["delivered"] for r in self.runs) / seconds, 1)
+        return round(self.delivered / seconds, 1)
 
     def as_json(self) -> dict[str, Any]:
         first, last = (self.runs[0], self.runs[-1]) if self.runs else ({}, {})
@@ -45,6 +50,7 @@ class Report:
             "started_at": first.get("started_at"),
             "ended_at": last.get("ended_at"),
             "runs": len(self.runs),
+            "delivered_by_runs": self.delivered,
             "rate_per_second": self.rate,
             "failures": self.failures,
             "not_sent": self.not_sent,
@@ -56,12 +62,12 @@ class Report:
         for run in self.runs:
             out.append(
                 f"  {run['kind']} run {run['id']}: {run['started_at']} to "
-                f"{run['ended_at'] or '(not ended)'}, {run['outcome'] or 'interrupted'}, "
-                f"{run['delivered']} delivered"
+                f"{run['ended_at'] or '(never ended: killed or still running)'}, "
+                f"{run['outcome'] or 'interrupted'}, {run['delivered']} delivered"
             )
-        if self.rate is not None:
-            delivered = sum(r["delivered"] for r in self.runs)
-            out.append(f"  {delivered} delivered at {self.rate:.1f} messages/s")
+        if self.runs:
+            rate = f" at {self.rate:.1f} messages/s" if self.rate is not None else ""
+            out.append(f"  {self.delivered} delivered in {len(self.runs)} run(s){rate}")
         if self.failures:
             out.append("Failures:")
             for f in self.failures:
@@ -69,12 +75,36 @@ class Report:
                 if not reply.startswith(str(f["last_code"])):
                     reply = f"{f['last_code'] or '-'} {reply}"
                 out.append(f"  {f['email']}  {f['status']}  after {f['attempts']} attempt(s): {reply}")
-            out.append(f"Retry with: mailer replay {self.issue}{self.replay_flags}")
+            if self.counts["failed"]:
+                flags = self.replay_flags.replace(" --in-doubt", "")
+                out.append(f"Retry the failures with: mailer replay {self.issue}{flags}")
+            if self.counts["in_doubt"]:
+                out += in_doubt_advice(self.issue, self.counts["in_doubt"])
         if self.not_sent:
             out.append("Not sent:")
             for n in self.not_sent:
                 out.append(f"  {n['email'] or '(empty)'}  {n['status']}  row {n['row']}: {n['reason']}")
         return out
+
+
+def in_doubt_advice(issue: str, count: int) -> list[str]:
+    """The truth about messages in doubt: most of them were delivered."""
+    return [
+        f"{count} message(s) in doubt: the final '.' reached the relay and its reply never came.",
+        "  Most such messages were in fact delivered: `mailer replay "
+        f"{issue} --in-doubt` would give most of these readers a second copy.",
+        "  Check the relay's log for them first; resend only if it shows they were not accepted.",
+    ]
+
+
+def _runs(ledger: Ledger, issue: str) -> list[dict[str, Any]]:
+    """The runs, each with what it delivered as the ledger has it (a killed run recorded no
+    count of its own)."""
+    runs = [dict(r) for r in ledger.runs(issue)]
+    for run, following in zip(runs, [*runs[1:], None], strict=True):
+        end = following["started_at"] if following else None
+        run["delivered"], run["last_sent_at"] = ledger.delivered_between(issue, run["started_at"], end)
+    return runs
 
 
 def gather(ledger: Ledger, issue: str) -> Report:
@@ -87,7 +117,7 @@ def gather(ledger: Ledger, issue: str) -> Report:
     return Report(
         issue=issue,
         counts=counts,
-        runs=[dict(r) for r in ledger.runs(issue)],
+        runs=_runs(ledger, issue),
         failures=[_failure(r) for r in problems],
         not_sent=[_not_sent(dict(r), why) for r in ledger.rows(issue, ["skipped", "suppressed"])],
         replay_flags=flags,

@@ -13,7 +13,14 @@ from pathlib import Path
 
 from mailer.config import Settings
 from mailer.delivery import Delivery, Tally, run_lock
-from mailer.errors import InputError, SubscribersError, TryLater, storage_error
+from mailer.errors import (
+    InputError,
+    MailerError,
+    RelayRefusesSettings,
+    SubscribersError,
+    TryLater,
+    storage_error,
+)
 from mailer.issue import Issue, content_warnings, load_issue
 from mailer.ledger import FILE_NAME, Ledger, PlanCounts, open_ledger
 from mailer.message import MessageFactory
@@ -57,13 +64,14 @@ class Outcome:
     plan: PlanCounts | None = None
     recovered: int = 0
     replayed: int = 0
-    error: TryLater | None = None
+    error: MailerError | None = None
     state_dir: Path = field(default_factory=Path)
+    left_out: int = 0  # pending, but missing from the list this run had: not sent to
 
     @property
     def complete(self) -> bool:
         c = self.counts
-        return c["failed"] == 0 and c["in_doubt"] == 0 and c["pending"] == 0
+        return c["failed"] == 0 and c["in_doubt"] == 0 and c["pending"] == self.left_out
 
     @property
     def exit_code(self) -> int:
@@ -122,19 +130,26 @@ def _deliver(
         ready()
         # unsubscribed since the plan, or since the run that left these pending stopped
         ledger.apply_suppressions(prepared.key, except_bounces=lift_bounces)
+        plan = outcome.plan.plan_id if outcome.plan is not None else None
+        if outcome.plan is not None and outcome.plan.missing:
+            log.warning(
+                "%d recipient(s) of an earlier plan are not in the list now: not sent to, left as they are",
+                outcome.plan.missing,
+            )
         run_id = ledger.start_run(prepared.key, kind)
-        pending = ledger.counts(prepared.key)["pending"]
-        log.debug("%s run %d of %s: %d pending", kind, run_id, prepared.key, pending)
+        log.debug("%s run %d of %s: plan %s", kind, run_id, prepared.key, outcome.plan)
     delivery = Delivery(
         ledger, prepared.key, factory, transports, settings,
-        stop=stop, tally=outcome.tally, lift_bounces=lift_bounces,
+        stop=stop, tally=outcome.tally, lift_bounces=lift_bounces, plan=plan,
     )
     try:
         delivery.run()
-    except TryLater as exc:
+    except (TryLater, RelayRefusesSettings) as exc:
         outcome.error = exc
     with ledger.guard():
         outcome.counts = ledger.counts(prepared.key)
+        if plan is not None:
+            outcome.left_out = outcome.counts["pending"] - ledger.count_pending(prepared.key, plan=plan)
         ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
     return outcome
 
@@ -147,6 +162,7 @@ def send(
     outbox: Path | None = None,
     stop: threading.Event | None = None,
     tally: Tally | None = None,
+    allow_removals: bool = False,
 ) -> Outcome:
     """Deliver the issue to every active subscriber not yet delivered; resumable at any point."""
     factory = MessageFactory(prepared.rendered, settings)
@@ -159,8 +175,7 @@ def send(
         ledger = Ledger.in_dir(state_dir)
 
         def ready() -> None:
-            outcome.plan = plan_list(ledger, prepared.key, rows, subscribers)
-            log.debug("plan of %s: %s", subscribers, outcome.plan)
+            outcome.plan = plan_list(ledger, prepared.key, rows, subscribers, allow_removals)
 
         try:
             _deliver(ledger, prepared, factory, transports, settings, outcome, stop,
@@ -170,10 +185,14 @@ def send(
     return outcome
 
 
-def plan_list(ledger: Ledger, issue: str, rows: Iterable[Recipient | SkippedRow], path: Path) -> PlanCounts:
+def plan_list(
+    ledger: Ledger, issue: str, rows: Iterable[Recipient | SkippedRow], path: Path,
+    allow_removals: bool = False,
+) -> PlanCounts:
     """The list into the ledger; a list with no rows at all is a broken export, not a quiet
-    morning."""
-    plan = ledger.plan(issue, rows)
+    morning, and one lacking more than a tenth of the issue's recipients may be a half-written
+    one (refused unless `allow_removals`)."""
+    plan = ledger.plan(issue, rows, source=str(path), allow_removals=allow_removals)
     if plan.rows == 0:
         raise SubscribersError(f"{path}: no subscribers in the list, only a header row; nothing was sent")
     return plan
@@ -182,22 +201,29 @@ def plan_list(ledger: Ledger, issue: str, rows: Iterable[Recipient | SkippedRow]
 def replay(
     prepared: Prepared,
     settings: Settings,
+    subscribers: Path,
     *,
     in_doubt: bool = False,
     permanent: bool = False,
     stop: threading.Event | None = None,
     tally: Tally | None = None,
+    allow_removals: bool = False,
 ) -> Outcome:
-    """Send again to those whose delivery failed; never to anyone already delivered."""
+    """Send again to those whose delivery failed, as the list now stands; never to anyone
+    already delivered."""
     factory = MessageFactory(prepared.rendered, settings)
     transports = transport_factory(settings, None)
+    rows = read_subscribers(subscribers)
     stop = stop or threading.Event()
     outcome = Outcome(prepared.key, {}, tally or Tally(), state_dir=settings.state_dir)
     with run_lock(settings.state_dir):
         ledger = open_ledger(settings.state_dir, prepared.key)
 
         def ready() -> None:
-            outcome.replayed = ledger.reset_for_replay(prepared.key, in_doubt=in_doubt, permanent=permanent)
+            outcome.plan = plan_list(ledger, prepared.key, rows, subscribers, allow_removals)
+            outcome.replayed = ledger.reset_for_replay(
+                prepared.key, in_doubt=in_doubt, permanent=permanent, plan=outcome.plan.plan_id
+            )
 
         try:
             _deliver(ledger, prepared, factory, transports, settings, outcome, stop,
@@ -208,15 +234,24 @@ def replay(
 
 
 def replay_candidates(
-    settings: Settings, issue: str, *, in_doubt: bool, permanent: bool
+    settings: Settings, issue: str, subscribers: Path, *, in_doubt: bool, permanent: bool,
+    allow_removals: bool = False,
 ) -> list[tuple[str, str, str]]:
-    """Who `replay` would send to: (address, status, last reply), nothing changed."""
-    ledger = open_ledger(settings.state_dir, issue, read_only=True)
-    try:
-        with ledger.guard():
-            return ledger.replay_candidates(issue, in_doubt=in_doubt, permanent=permanent)
-    finally:
-        ledger.close()
+    """Who `replay` would send to, the list as it is now: (address, status, last reply); the
+    plan is made on a scratch copy, nothing changed."""
+    rows = read_subscribers(subscribers)
+    real = open_ledger(settings.state_dir, issue, read_only=True)
+    real.close()
+    with tempfile.TemporaryDirectory(prefix="mailer-dry-run-") as scratch_dir:
+        scratch = Ledger(Path(scratch_dir) / FILE_NAME)
+        try:
+            scratch.copy_from(real.path, issue)
+            plan = plan_list(scratch, issue, rows, subscribers, allow_removals)
+            return scratch.replay_candidates(issue, in_doubt=in_doubt, permanent=permanent, plan=plan.plan_id)
+        except sqlite3.Error as exc:  # the scratch copy, on a full /tmp say
+            raise storage_error(exc, scratch.path) from None
+        finally:
+            scratch.close()
 
 
 def _outcome_word(outcome: Outcome) -> str:
@@ -236,7 +271,8 @@ class DryRun:
 
 @contextlib.contextmanager
 def dry_run(
-    prepared: Prepared, settings: Settings, subscribers: Path, *, outbox: Path | None = None
+    prepared: Prepared, settings: Settings, subscribers: Path, *, outbox: Path | None = None,
+    allow_removals: bool = False,
 ) -> Iterator[DryRun]:
     """Connects to nothing and writes no ledger row: the plan is made in a scratch ledger."""
     check_outbox(settings, outbox)
@@ -254,14 +290,14 @@ def dry_run(
                 except sqlite3.Error as exc:
                     raise storage_error(exc, real) from None
             with scratch.guard():
-                plan = plan_list(scratch, prepared.key, rows, subscribers)
+                plan = plan_list(scratch, prepared.key, rows, subscribers, allow_removals)
                 plan.suppressed += scratch.apply_suppressions(prepared.key)  # as the real run will
-                plan.pending = scratch.counts(prepared.key)["pending"]
+                plan.pending = scratch.count_pending(prepared.key, plan=plan.plan_id)
                 skipped = [
                     (r["row"], r["email"], r["status"], r["reason"] or "on the suppression list")
                     for r in scratch.rows(prepared.key, ["skipped", "suppressed"])
                 ]
-            yield DryRun(plan, (r for r, _, _ in scratch.pending(prepared.key)), skipped)
+            yield DryRun(plan, (r for r, _ in scratch.pending(prepared.key, plan=plan.plan_id)), skipped)
         finally:
             scratch.close()
 

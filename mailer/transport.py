@@ -6,6 +6,7 @@ final "." over SMTP, the rename in the outbox), so the caller can record it dura
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import ipaddress
@@ -21,16 +22,32 @@ from typing import Protocol
 
 from mailer.config import EXAMPLE_SECRET, Settings
 from mailer.errors import ConfigError, ConnectFailed, DeliveryError, storage_error
+from mailer.verdicts import (
+    AUTH,
+    CONNECT,
+    DATA,
+    DOT,
+    EHLO,
+    MAIL,
+    RCPT,
+    STARTTLS,
+    Verdict,
+    answered_stage,
+    verdict,
+)
 
-_THROTTLE_TEXT = re.compile(r"rate|limit|too many|throttl|slow down", re.I)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9@._+-]")
+_SETTING_FOR_STAGE = {
+    AUTH: "MAILER_SMTP_USER and MAILER_SMTP_PASSWORD",
+    STARTTLS: "MAILER_SMTP_SECURITY",
+}
 
 
-def classify_reply(code: int, text: str) -> DeliveryError:
-    """The one place deciding what an SMTP reply means: 4xx transient, 5xx permanent."""
-    transient = 400 <= code < 500
-    throttled = code in (421, 454) or (code in (450, 451, 452) and bool(_THROTTLE_TEXT.search(text)))
-    return DeliveryError(f"{code} {text}".strip(), code=code, transient=transient, throttled=throttled)
+def classify_reply(stage: str, code: int, text: str) -> DeliveryError:
+    """A refusal of one message, judged by the verdict table."""
+    return DeliveryError(
+        f"{code} {text}".strip(), code=code, stage=stage, verdict=verdict(stage, code, text)
+    )
 
 
 class Transport(Protocol):
@@ -111,6 +128,7 @@ class SMTPTransport:
 
     def open(self) -> None:
         s = self.settings
+        where = f"{self.host}:{s.port}"
         try:
             if s.smtp_security == "ssl":
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(
@@ -122,44 +140,96 @@ class SMTPTransport:
                 # The final dot goes out in a write of its own (after the ledger records it);
                 # with Nagle's algorithm it would wait for the delayed ACK of the body, 40 ms.
                 smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
-                smtp.ehlo()
+                self._hello(smtp)
                 if s.smtp_security == "starttls":
                     if not smtp.has_extn("starttls"):
                         raise ConnectFailed(
-                            f"{self.host}:{s.port} does not offer STARTTLS; refusing to send in "
-                            "plain text (set MAILER_SMTP_SECURITY=none only for a local relay)",
-                            fatal=True,
+                            f"MAILER_SMTP_SECURITY: {where} does not offer STARTTLS; refusing to "
+                            "send in plain text (set MAILER_SMTP_SECURITY=none only for a local relay)",
+                            verdict=Verdict.CONFIG,
                         )
-                    smtp.starttls(context=tls_context(s))
-                    smtp.ehlo()
+                    code, text = smtp.starttls(context=tls_context(s))
+                    if code != 220:
+                        raise self._session_refused(STARTTLS, code, text)
+                    self._hello(smtp)
                 if s.smtp_user and s.smtp_password:
-                    smtp.login(s.smtp_user, s.smtp_password)
+                    self._login(smtp, s.smtp_user, s.smtp_password)
             except BaseException:
                 smtp.close()
                 raise
         except ConnectFailed:
             raise
         except ssl.SSLCertVerificationError as exc:
+            mismatch = "mismatch" in str(exc.verify_message).lower()
+            setting = "MAILER_SMTP_HOST" if mismatch else "MAILER_SMTP_CA_FILE"
             raise ConnectFailed(
-                f"{self.host}:{s.port}: TLS certificate not trusted: {exc.verify_message}", fatal=True
+                f"{setting}: {where}: TLS certificate not trusted: {exc.verify_message}",
+                verdict=Verdict.CONFIG,
             ) from None
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError) as exc:
+            # the connection dropped during the handshake: the network's or the relay's trouble
+            raise ConnectFailed(f"{where}: TLS handshake cut short: {exc}") from None
         except ssl.SSLError as exc:
-            raise ConnectFailed(f"{self.host}:{s.port}: TLS failed: {exc.reason}", fatal=True) from None
-        except smtplib.SMTPNotSupportedError:
             raise ConnectFailed(
-                f"{self.host}:{s.port}: the server offers no AUTH, but MAILER_SMTP_USER is set", fatal=True
+                f"MAILER_SMTP_SECURITY: {where}: TLS failed: {exc.reason}", verdict=Verdict.CONFIG
             ) from None
-        except smtplib.SMTPAuthenticationError as exc:
-            raise ConnectFailed(
-                f"{self.host}:{s.port}: authentication refused ({exc.smtp_code})", fatal=True
-            ) from None
-        except smtplib.SMTPResponseException as exc:
-            raise ConnectFailed(
-                f"{self.host}:{s.port}: {exc.smtp_code} {_text(exc.smtp_error)}"
-            ) from None
+        except smtplib.SMTPConnectError as exc:
+            raise self._session_refused(CONNECT, exc.smtp_code, exc.smtp_error) from None
         except (OSError, smtplib.SMTPException) as exc:
-            raise ConnectFailed(f"{self.host}:{s.port}: cannot connect: {exc}") from None
+            raise ConnectFailed(f"{where}: cannot connect: {_scrub(str(exc), s.smtp_password)}") from None
         self.smtp = smtp
+
+    def _hello(self, smtp: smtplib.SMTP) -> None:
+        code, text = smtp.ehlo()
+        if code != 250:
+            code, text = smtp.helo()
+            if code != 250:
+                raise self._session_refused(EHLO, code, text)
+
+    def _login(self, smtp: smtplib.SMTP, user: str, password: str) -> None:
+        """AUTH PLAIN (RFC 4616), else LOGIN, with the credentials in UTF-8: smtplib encodes
+        them as ASCII, failing on a non-ASCII password with an error quoting part of it."""
+        where = f"{self.host}:{self.settings.port}"
+        if not smtp.has_extn("auth"):
+            raise ConnectFailed(
+                f"MAILER_SMTP_USER: {where} offers no AUTH, but MAILER_SMTP_USER is set; unset it "
+                "and MAILER_SMTP_PASSWORD for a relay that needs no login",
+                verdict=Verdict.CONFIG,
+            )
+        mechanisms = smtp.esmtp_features["auth"].upper().split()
+        name, secret = user.encode("utf-8"), password.encode("utf-8")
+        if "PLAIN" in mechanisms:
+            code, text = smtp.docmd("AUTH", "PLAIN " + _b64(b"\0" + name + b"\0" + secret))
+        elif "LOGIN" in mechanisms:
+            code, text = smtp.docmd("AUTH", "LOGIN")
+            if code == 334:
+                code, text = smtp.docmd(_b64(name))
+            if code == 334:
+                code, text = smtp.docmd(_b64(secret))
+        else:
+            raise ConnectFailed(
+                f"MAILER_SMTP_USER: {where} offers AUTH {' '.join(mechanisms)}, but neither PLAIN "
+                "nor LOGIN, the mechanisms this mailer speaks",
+                verdict=Verdict.CONFIG,
+            )
+        if code != 235:
+            raise self._session_refused(AUTH, code, text)
+
+    def _session_refused(self, stage: str, code: int, text: bytes | str) -> ConnectFailed:
+        """A refusal before any message, judged by the verdict table; our settings' fault
+        names the setting to check."""
+        reply = _scrub(f"{code} {_text(text)}", self.settings.smtp_password)
+        where = f"{self.host}:{self.settings.port}"
+        judged = verdict(stage, code, _text(text))
+        if judged is Verdict.CONFIG:
+            what = "the login" if stage == AUTH else stage.upper()
+            return ConnectFailed(
+                f"{_SETTING_FOR_STAGE.get(stage, 'MAILER_SMTP_HOST')}: {where} refused {what} "
+                f"({reply}); check the setting (stopped at the first refusal: retrying would get "
+                "the same answer, and repeated failed logins can lock the account)",
+                verdict=judged,
+            )
+        return ConnectFailed(f"{where}: {stage} refused: {reply}", verdict=judged)
 
     def close(self) -> None:
         if self.smtp is not None:
@@ -174,8 +244,8 @@ class SMTPTransport:
             self.smtp.close()
             self.smtp = None
 
-    def _refused(self, code: int, text: bytes) -> DeliveryError:
-        error = classify_reply(code, _text(text))
+    def _refused(self, stage: str, code: int, text: bytes) -> DeliveryError:
+        error = classify_reply(stage, code, _text(text))
         if code == 421 or self.smtp is None:
             self._drop()  # 421: the server is closing this session
         else:
@@ -192,32 +262,33 @@ class SMTPTransport:
         them), so they go out as they are rather than through smtplib's address parser.
         """
         if not smtp.has_extn("pipelining"):
-            for command, accepted in ((f"mail FROM:<{sender}>", (250,)),
-                                      (f"rcpt TO:<{recipient}>", (250, 251)),
-                                      ("data", (354,))):
+            for stage, command, accepted in ((MAIL, f"mail FROM:<{sender}>", (250,)),
+                                             (RCPT, f"rcpt TO:<{recipient}>", (250, 251)),
+                                             (DATA, "data", (354,))):
                 smtp.putcmd(command)
                 code, text = smtp.getreply()
                 if code not in accepted:
-                    raise self._refused(code, text)
+                    raise self._refused(answered_stage(stage, _text(text), sender, recipient), code, text)
             return
         # RFC 2920: DATA ends the group; every reply is read before acting on any of them.
         smtp.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
         replies = []
-        for _ in range(3):
+        for stage in (MAIL, RCPT, DATA):
             code, text = smtp.getreply()
             if code == 421:  # the server is closing: there are no more replies to read
-                raise self._refused(code, text)
+                raise self._refused(stage, code, text)
             replies.append((code, text))
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
+        rcpt_stage = answered_stage(RCPT, _text(rcpt_text), sender, recipient)
         if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
             smtp.send(b".\r\n")  # a server that said 354 anyway gets an empty message ended
             smtp.getreply()
         if mail_code != 250:
-            raise self._refused(mail_code, mail_text)
+            raise self._refused(MAIL, mail_code, mail_text)
         if rcpt_code not in (250, 251):
-            raise self._refused(rcpt_code, rcpt_text)
+            raise self._refused(rcpt_stage, rcpt_code, rcpt_text)
         if data_code != 354:
-            raise self._refused(data_code, data_text)
+            raise self._refused(DATA, data_code, data_text)
 
     def send(self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None]) -> str:
         if self.smtp is None:
@@ -229,7 +300,9 @@ class SMTPTransport:
             smtp.send(dot_stuff(message))
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
-            raise DeliveryError(f"connection lost before the final dot: {exc}", transient=True) from None
+            raise DeliveryError(
+                f"connection lost before the final dot: {exc}", stage=DATA, verdict=Verdict.TRANSIENT
+            ) from None
         try:
             before_dot()
         except BaseException:
@@ -243,10 +316,10 @@ class SMTPTransport:
             # second copy, so the caller records it as in doubt.
             self._drop()
             raise DeliveryError(
-                f"no reply after the final dot: {exc}", transient=False, in_doubt=True
+                f"no reply after the final dot: {exc}", stage=DOT, verdict=Verdict.IN_DOUBT
             ) from None
         if code != 250:
-            raise self._refused(code, text)
+            raise self._refused(DOT, code, text)
         return f"{code} {_text(text)}"
 
 
@@ -279,7 +352,9 @@ class OutboxTransport:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # no use trying the next one: stop
                 raise storage_error(exc, self.folder) from None
-            raise DeliveryError(f"cannot write {temporary}: {exc.strerror}", transient=True) from None
+            raise DeliveryError(
+                f"cannot write {temporary}: {exc.strerror}", stage=DATA, verdict=Verdict.TRANSIENT
+            ) from None
         try:
             before_dot()
         except BaseException:
@@ -287,6 +362,15 @@ class OutboxTransport:
             raise
         os.replace(temporary, target)
         return f"250 written to {target.name}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    """Never a password in an error, even one a server or a library quoted back."""
+    return text.replace(secret, "********") if secret else text
 
 
 def _text(reply: bytes | str) -> str:

@@ -28,7 +28,7 @@ def free_port() -> int:
 # Faults, named in a recipient's script and consumed one per attempt:
 #   "ok"           accept normally
 #   "451" / "550" / "421" / "452 rate"  reply with that code at the end of DATA
-#   "rcpt:550"     refuse at RCPT TO
+#   "rcpt:550"     refuse at RCPT TO (any key of REPLIES after "rcpt:")
 #   "drop-rcpt"    drop the connection at RCPT TO (before the final dot)
 #   "drop-dot"     read the whole message, then drop the connection with no reply
 #   "slow-dot:S"   wait S seconds before replying 250 (a client timeout makes it in doubt)
@@ -39,6 +39,11 @@ REPLIES = {
     "550": "550 5.1.1 No such user here",
     "550 bare": "550 No such user here",  # no enhanced status code: whose fault is not said
     "554": "554 5.7.1 Message refused",
+    "554 relay": "554 5.7.1 Relay access denied",
+    "450 domain": "450 4.1.2 Recipient address rejected: Domain not found",
+    "452 storage": "452 4.3.1 Insufficient system storage",
+    "553 sender": "553 5.1.8 Sender address rejected: Domain not found",
+    "530 auth": "530 5.7.0 Authentication required",
 }
 
 
@@ -60,6 +65,14 @@ class Recorder:
     opened: int = 0
     # The user names of every AUTH attempt, successful or not.
     logins: list[str] = field(default_factory=list)
+    # A reply (a key of REPLIES) to every MAIL FROM, as a relay refusing the sender or
+    # putting it off; None accepts.
+    mail_reply: str | None = None
+    # At most this many sessions at once; the next is greeted with 421 and closed.
+    max_sessions: int | None = None
+    live: int = 0
+    turned_away: int = 0
+    mail_commands: int = 0  # MAIL FROM commands received, accepted or not
 
     @property
     def connections(self) -> int:
@@ -92,6 +105,15 @@ class Recorder:
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802
+        with self.lock:
+            self.mail_commands += 1
+        if self.mail_reply is not None:
+            return REPLIES[self.mail_reply]
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         with self.lock:
@@ -141,6 +163,35 @@ class Recorder:
             return [message_from_bytes(m, policy=policy.default) for _, _, m in self.messages]  # type: ignore[misc]
 
 
+class _Session(SMTPServerProtocol):
+    """aiosmtpd's protocol, turning away sessions over the recorder's `max_sessions`."""
+
+    _counted: bool | None = None  # None until the first connection_made (STARTTLS makes another)
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        if self._counted is None:
+            recorder = self.event_handler
+            with recorder.lock:
+                full = recorder.max_sessions is not None and recorder.live >= recorder.max_sessions
+                if full:
+                    recorder.turned_away += 1
+                else:
+                    recorder.live += 1
+            self._counted = not full
+            if full:
+                transport.write(b"421 4.7.0 localhost Error: too many connections from 127.0.0.1\r\n")
+                transport.close()
+                return
+        super().connection_made(transport)
+
+    def connection_lost(self, exc):  # type: ignore[no-untyped-def]
+        if not self._counted:
+            return  # turned away: aiosmtpd never saw this session
+        with self.event_handler.lock:
+            self.event_handler.live -= 1
+        super().connection_lost(exc)
+
+
 class _Controller(Controller):
     def __init__(self, handler: Recorder, port: int, **smtp_kwargs: object) -> None:
         self._smtp_kwargs = smtp_kwargs
@@ -150,7 +201,7 @@ class _Controller(Controller):
     def factory(self):  # type: ignore[override]
         with self.handler.lock:
             self.handler.opened += 1
-        return SMTPServerProtocol(self.handler, hostname="localhost", **self._smtp_kwargs)
+        return _Session(self.handler, hostname="localhost", **self._smtp_kwargs)
 
 
 @dataclass

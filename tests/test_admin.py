@@ -33,7 +33,7 @@ last@example.org,Last,
 """
 FAULTS = {
     "trans@example.org": ["451", "451", "451"],
-    "perm@example.org": ["550"],
+    "perm@example.org": ["rcpt:550"],  # 5.1.1 at RCPT: evidence about the address
     "doubt@example.org": ["drop-dot"],
 }
 DELIVERED = ["first@example.org", "last@example.org"]
@@ -96,7 +96,7 @@ def test_report_counts_runs_and_failures(scenario, capsys):
     # When the run started and ended, and the rate.
     (started, ended), = re.findall(r"send run \d+: (\S+) to (\S+),", out)
     assert dt.datetime.fromisoformat(started) <= dt.datetime.fromisoformat(ended)
-    rate = re.search(r"^\s+2 delivered at ([\d.]+) messages/s$", out, re.M)
+    rate = re.search(r"^\s+2 delivered in 1 run\(s\) at ([\d.]+) messages/s$", out, re.M)
     assert rate and float(rate.group(1)) > 0
     # Each failure with its attempts and its last SMTP code and text.
     lines = {line.split()[0]: line for line in out.splitlines() if "@" in line}
@@ -112,6 +112,11 @@ def test_report_counts_runs_and_failures(scenario, capsys):
     for address in DELIVERED:
         assert address not in lines
     assert "replay" in out and "--in-doubt" in out and "--permanent" in out
+    # The in-doubt message was delivered (the server has it): the report says most are, and
+    # does not advise resending them as it advises retrying the failures.
+    assert "Retry the failures with: mailer replay 2026-11-24 --permanent" in out
+    assert "Most such messages were in fact delivered" in out
+    assert "Retry with" not in out
 
 
 def test_report_json_is_one_object(scenario, capsys):
@@ -245,7 +250,7 @@ def test_replay_dry_run_lists_and_sends_nothing(scenario, smtp, capsys, flags, e
 
 def test_replay_exit_0_when_every_failure_is_recovered(env, smtp, issue_file, tmp_path, capsys):
     write_subscribers(tmp_path / "subscribers.csv", 3)
-    smtp.recorder.scripts = {"reader1@example.org": ["421"] * 3}
+    smtp.recorder.scripts = {"reader1@example.org": ["451"] * 3}
     assert run(capsys, "send", str(issue_file))[0] == 1
     assert report_json(capsys, "2026-11-24")["failed"] == 1
     assert run(capsys, "replay", "2026-11-24")[0] == 0

@@ -101,3 +101,32 @@ def test_sigterm_finishes_the_messages_in_flight_and_exits_75(slow_run, smtp, is
     assert main(["send", str(issue_file)]) == 0
     assert smtp.recorder.received() == {reader(n): 1 for n in range(COUNT)}
     assert {r["status"] for r in ledger_rows(state, ISSUE).values()} == {"sent"}
+
+
+def test_the_report_counts_what_a_killed_run_delivered_and_tells_the_truth_about_doubt(
+    slow_run, smtp, issue_file, env, capsys
+):
+    import json
+
+    proc = start_send(issue_file, slow_run)
+    wait_for_messages(smtp, proc, 20)
+    proc.kill()
+    proc.wait(timeout=30)
+    state = Path(env["MAILER_STATE_DIR"])
+    sent_by_killed = sum(1 for r in ledger_rows(state, ISSUE).values() if r["status"] == "sent")
+    assert sent_by_killed >= 15  # the server had 20; the last few may be in flight
+    assert main(["send", str(issue_file)]) in (0, 1)
+    capsys.readouterr()
+    assert main(["report", ISSUE, "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["runs"] == 2
+    assert body["delivered_by_runs"] == body["sent"]
+    assert main(["report", ISSUE]) == 0
+    out = capsys.readouterr().out
+    first, second = [line for line in out.splitlines() if " run " in line and "send run" in line]
+    assert f", {sent_by_killed} delivered" in first and "never ended" in first
+    assert f"{body['sent']} delivered in 2 run(s)" in out
+    if body["in_doubt"]:
+        assert "Most such messages were in fact delivered" in out
+        assert "second copy" in out
+        assert not out.rstrip().splitlines()[-1].startswith("Retry")

@@ -21,14 +21,28 @@ def stopped_run(env, issue_file, monkeypatch) -> None:
     monkeypatch.setenv("MAILER_MAX_ATTEMPTS", env["MAILER_MAX_ATTEMPTS"])
 
 
-def test_a_shorter_list_on_the_re_run_drops_no_one(env, smtp, issue_file, tmp_path, monkeypatch):
+def test_a_list_that_lost_most_of_its_rows_is_refused_unless_removals_are_allowed(
+    env, smtp, issue_file, tmp_path, monkeypatch, capsys
+):
+    """A half-written export on the re-run: exit 2 and nothing sent; with --allow-removals,
+    those still in the list get it and those missing stay pending, not sent to."""
     listing = write_subscribers(tmp_path / "subscribers.csv", 30)
     stopped_run(env, issue_file, monkeypatch)
     lines = listing.read_text(encoding="utf-8").splitlines()
     listing.write_text("\n".join(lines[:11]) + "\n", encoding="utf-8")  # half-written export
-    assert main(["send", str(issue_file)]) == 0
-    assert len(smtp.recorder.received()) == 30
-    assert set(smtp.recorder.received().values()) == {1}
+    capsys.readouterr()
+    assert main(["send", str(issue_file)]) == 2
+    err = capsys.readouterr().err
+    assert "lacks 20 of the 30 recipients" in err and "--allow-removals" in err
+    assert main(["send", str(issue_file), "--dry-run"]) == 2
+    assert smtp.recorder.messages == []
+    capsys.readouterr()
+    assert main(["send", str(issue_file), "--dry-run", "--allow-removals"]) == 0
+    assert "10 to send" in capsys.readouterr().out
+    assert main(["send", str(issue_file), "--allow-removals"]) == 0
+    assert smtp.recorder.received() == {f"reader{n}@example.org": 1 for n in range(10)}
+    rows = ledger_rows(tmp_path / "state", ISSUE)
+    assert [rows[f"reader{n}@example.org"]["status"] for n in range(10, 30)] == ["pending"] * 20
 
 
 def test_a_subscriber_set_active_again_gets_the_issue_on_the_re_run(
@@ -97,3 +111,83 @@ def test_the_dry_run_plans_as_the_resume_will_send(env, smtp, issue_file, tmp_pa
     out = capsys.readouterr().out
     assert "send  reader1@example.org" not in out
     assert "4 to send" in out and "1 suppressed" in out
+
+
+def test_replay_after_the_list_marks_someone_unsubscribed_does_not_send_to_them(
+    env, smtp, issue_file, tmp_path, capsys
+):
+    listing = write_subscribers(tmp_path / "subscribers.csv", 5)
+    smtp.recorder.scripts = {"reader1@example.org": ["451"] * 3, "reader3@example.org": ["451"] * 3}
+    assert main(["send", str(issue_file)]) == 1  # both failed after their retries
+    text = listing.read_text(encoding="utf-8").replace("reader3@example.org,Reader 3,active",
+                                                       "reader3@example.org,Reader 3,unsubscribed")
+    listing.write_text(text, encoding="utf-8")
+    capsys.readouterr()
+    assert main(["replay", ISSUE, "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "reader1@example.org" in listed and "reader3@example.org" not in listed
+    assert main(["replay", ISSUE]) == 0
+    assert smtp.recorder.received() == {f"reader{n}@example.org": 1 for n in (0, 1, 2, 4)}
+    rows = ledger_rows(tmp_path / "state", ISSUE)
+    assert rows["reader3@example.org"]["status"] == "skipped"
+
+
+def test_replay_takes_the_list_it_is_given(env, smtp, issue_file, tmp_path):
+    write_subscribers(tmp_path / "subscribers.csv", 3)
+    smtp.recorder.scripts = {"reader2@example.org": ["451"] * 3}
+    assert main(["send", str(issue_file)]) == 1
+    other = write_csv(tmp_path / "other.csv", "email,status\nreader0@example.org,\nreader1@example.org,\n"
+                      "reader2@example.org,unsubscribed\n")
+    assert main(["replay", ISSUE, "--subscribers", str(other)]) == 0
+    assert "reader2@example.org" not in smtp.recorder.received()
+    assert main(["replay", ISSUE, "--subscribers", str(tmp_path / "nowhere.csv")]) == 2
+
+
+@pytest.mark.parametrize("command", ["send", "replay"])
+def test_a_list_that_lost_a_fifth_of_its_pending_rows_is_refused_unless_allowed(
+    env, smtp, issue_file, tmp_path, monkeypatch, capsys, command
+):
+    listing = write_subscribers(tmp_path / "subscribers.csv", 50)
+    stopped_run(env, issue_file, monkeypatch)
+    lines = listing.read_text(encoding="utf-8").splitlines()
+    kept = [lines[0]] + [line for n, line in enumerate(lines[1:]) if n % 5]  # every fifth row gone
+    listing.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    target = str(issue_file) if command == "send" else ISSUE
+    capsys.readouterr()
+    assert main([command, target]) == 2
+    assert "lacks 10 of the 50 recipients" in capsys.readouterr().err
+    assert smtp.recorder.messages == []
+    assert main([command, target, "--allow-removals"]) == 0
+    got = smtp.recorder.received()
+    assert got == {f"reader{n}@example.org": 1 for n in range(50) if n % 5}
+    rows = ledger_rows(tmp_path / "state", ISSUE)
+    assert {rows[f"reader{n}@example.org"]["status"] for n in range(0, 50, 5)} == {"pending"}
+
+
+def test_a_list_missing_a_few_is_sent_without_them(env, smtp, issue_file, tmp_path, monkeypatch, capsys):
+    """Under a tenth missing: no flag needed; they are not sent to and stay pending."""
+    listing = write_subscribers(tmp_path / "subscribers.csv", 30)
+    stopped_run(env, issue_file, monkeypatch)
+    lines = listing.read_text(encoding="utf-8").splitlines()
+    listing.write_text("\n".join(lines[:-2]) + "\n", encoding="utf-8")  # the last two rows gone
+    assert main(["send", str(issue_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "28 to send" in out and "2 of an earlier plan missing from the list" in out
+    assert main(["send", str(issue_file)]) == 0
+    assert len(smtp.recorder.received()) == 28
+    rows = ledger_rows(tmp_path / "state", ISSUE)
+    assert rows["reader29@example.org"]["status"] == "pending"
+
+
+def test_addresses_unsubscribed_and_then_taken_out_of_the_list_are_not_missed(
+    env, smtp, issue_file, tmp_path, monkeypatch
+):
+    """The 10% guard is about a half-written export, not about people who left."""
+    listing = write_subscribers(tmp_path / "subscribers.csv", 30)
+    stopped_run(env, issue_file, monkeypatch)
+    for n in range(5):
+        assert main(["unsubscribe", f"reader{n}@example.org"]) == 0
+    lines = listing.read_text(encoding="utf-8").splitlines()
+    listing.write_text("\n".join([lines[0], *lines[6:]]) + "\n", encoding="utf-8")  # their rows gone
+    assert main(["send", str(issue_file)]) == 0
+    assert smtp.recorder.received() == {f"reader{n}@example.org": 1 for n in range(5, 30)}

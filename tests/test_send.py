@@ -18,6 +18,7 @@ from mailer.ledger import Ledger
 from mailer.message import MessageFactory
 from mailer.send import prepare
 from mailer.subscribers import read_subscribers
+from mailer.throttle import Pacer
 from mailer.transport import SMTPTransport
 
 ISSUE = "2026-11-24"
@@ -60,10 +61,13 @@ def test_451_is_retried_then_delivered_once(env, smtp, issue_file, subscribers, 
     assert (row["status"], row["attempts"]) == ("sent", 3)
 
 
-@pytest.mark.parametrize("fault", ["550", "rcpt:550"])
-def test_5xx_is_permanent_not_retried_and_suppressed_for_later_issues(
-    env, smtp, issue_file, subscribers, state, fault, capsys
+@pytest.mark.parametrize(("fault", "suppressed"), [("550", False), ("rcpt:550", True)],
+                         ids=["after-the-message", "at-rcpt"])
+def test_5xx_is_permanent_not_retried_and_only_a_mailbox_refusal_at_rcpt_suppresses(
+    env, smtp, issue_file, subscribers, state, fault, suppressed, capsys
 ):
+    """550 5.1.1 at RCPT is evidence about the address; the same reply after the message is
+    a refusal of that message only: failed, not suppressed."""
     subscribers(6)
     smtp.recorder.scripts = {reader(2): [fault, "ok", "ok"]}
     assert main(["send", str(issue_file)]) == 1
@@ -73,13 +77,13 @@ def test_5xx_is_permanent_not_retried_and_suppressed_for_later_issues(
     assert (row["status"], row["permanent"], row["last_code"], row["attempts"]) == ("failed", 1, 550, 1)
     assert "550" in capsys.readouterr().err
 
-    # The next day's issue does not go to that address: it counts as suppressed.
+    # The next day's issue goes to that address only when it was not evidence about it.
     next_issue = issue_for_date(issue_file, "2026-11-25")
     assert main(["send", str(next_issue)]) == 0
-    assert smtp.recorder.attempts[reader(2)] == 1
+    assert smtp.recorder.attempts[reader(2)] == (1 if suppressed else 2)
     later = ledger_rows(state, "2026-11-25")
-    assert later[reader(2)]["status"] == "suppressed"
-    assert Ledger.in_dir(state).counts("2026-11-25")["suppressed"] == 1
+    assert later[reader(2)]["status"] == ("suppressed" if suppressed else "sent")
+    assert Ledger.in_dir(state).counts("2026-11-25")["suppressed"] == int(suppressed)
     assert smtp.recorder.received()[reader(0)] == 2  # one copy of each issue
 
 
@@ -111,8 +115,8 @@ def _run_delivery(settings_env: dict[str, str], issue_file: Path, csv: Path) -> 
     return delivery
 
 
-def test_throttling_replies_slow_the_whole_run_and_are_retried(
-    env, smtp, issue_file, subscribers, monkeypatch
+def test_throttling_replies_slow_the_whole_run_and_cost_no_attempt(
+    env, smtp, issue_file, subscribers, state, monkeypatch
 ):
     monkeypatch.setenv("MAILER_RATE_LIMIT", "200")
     csv = subscribers(10)
@@ -121,17 +125,31 @@ def test_throttling_replies_slow_the_whole_run_and_are_retried(
     assert_once_each(smtp, 10)
     assert delivery.pacer.throttled == 2
     assert delivery.pacer.rate is not None and delivery.pacer.rate < 200  # still recovering
-    assert delivery.tally.retried == 2
+    assert delivery.tally.retried == 0  # throttled, not failed: no attempt spent
+    rows = ledger_rows(state, ISSUE)
+    assert rows[reader(1)]["attempts"] == rows[reader(2)]["attempts"] == 1
 
 
-def test_a_plain_451_is_retried_without_slowing_the_run(env, smtp, issue_file, subscribers, monkeypatch):
+def test_throttled_more_times_than_max_attempts_is_still_delivered(env, smtp, issue_file, subscribers, state):
+    subscribers(3)  # MAILER_MAX_ATTEMPTS=3
+    smtp.recorder.scripts = {reader(1): ["452 rate"] * 5 + ["ok"]}
+    assert main(["send", str(issue_file)]) == 0
+    assert_once_each(smtp, 3)
+    assert smtp.recorder.attempts[reader(1)] == 6
+    assert ledger_rows(state, ISSUE)[reader(1)]["attempts"] == 1
+
+
+def test_a_plain_451_costs_an_attempt_and_slows_the_run_only_a_little(
+    env, smtp, issue_file, subscribers, monkeypatch
+):
     monkeypatch.setenv("MAILER_RATE_LIMIT", "200")
     csv = subscribers(5)
     smtp.recorder.scripts = {reader(1): ["451", "ok"]}
     delivery = _run_delivery(env, issue_file, csv)
     assert_once_each(smtp, 5)
-    assert delivery.pacer.throttled == 0
-    assert delivery.pacer.rate == 200
+    assert delivery.tally.retried == 1
+    assert delivery.pacer.throttled == 1
+    assert delivery.pacer.rate is not None and 200 * Pacer.GENTLE <= delivery.pacer.rate <= 200
 
 
 # -- dropped connections: before the dot is safe to resend, after it is in doubt -----------

@@ -72,18 +72,20 @@ def test_starttls_with_the_ca_file_delivers_over_tls(tls_env, ca, issue_file):
 def test_a_certificate_from_an_untrusted_ca_is_refused(tls_env, issue_file, env, capsys):
     stranger = trustme.CA()  # not the one in MAILER_SMTP_CA_FILE
     server = tls_env(start_server(tls_context=server_context(stranger, "127.0.0.1")))
-    assert main(["send", str(issue_file)]) == 75
+    assert main(["send", str(issue_file)]) == 2
     err = capsys.readouterr().err
-    assert "certificate" in err.lower() and "TLS" in err
+    assert "certificate" in err.lower() and "TLS" in err and "MAILER_SMTP_CA_FILE" in err
+    assert server.recorder.opened == 1  # stopped at the first refusal
     assert server.recorder.messages == [] and server.recorder.connections == 0
     everyone_pending(env)
 
 
 def test_a_host_name_mismatch_is_refused(tls_env, ca, issue_file, env, capsys):
     server = tls_env(start_server(tls_context=server_context(ca, "mail.example.org")))
-    assert main(["send", str(issue_file)]) == 75
+    assert main(["send", str(issue_file)]) == 2
     err = capsys.readouterr().err
     assert "mismatch" in err.lower() or "not valid for" in err.lower()
+    assert "MAILER_SMTP_HOST" in err
     assert server.recorder.messages == []
     everyone_pending(env)
 
@@ -94,12 +96,12 @@ def test_a_server_without_starttls_is_refused_not_used_in_plain_text(
     monkeypatch.setenv("MAILER_SMTP_USER", USER)
     monkeypatch.setenv("MAILER_SMTP_PASSWORD", PASSWORD)
     server = tls_env(start_server(credentials=(USER, PASSWORD)))  # plain, offers AUTH
-    assert main(["send", str(issue_file)]) == 75
+    assert main(["send", str(issue_file)]) == 2
     err = capsys.readouterr().err
-    assert "STARTTLS" in err
+    assert "STARTTLS" in err and "MAILER_SMTP_SECURITY" in err
     assert server.recorder.messages == [] and server.recorder.connections == 0
     # Refused as a setup problem, at once: not retried on connection after connection.
-    assert server.recorder.opened <= int(env["MAILER_SMTP_CONNECTIONS"])
+    assert server.recorder.opened == 1
     assert server.recorder.logins == []  # the password never went out in the clear
     everyone_pending(env)
 
@@ -130,18 +132,40 @@ def test_auth_over_tls_works_and_the_password_is_never_shown(
     assert PASSWORD.encode() not in _all_output_and_state(capsys, env)
 
 
-def test_a_refused_password_is_exit_75_and_not_shown(tls_env, ca, issue_file, env, capsys, monkeypatch):
+@pytest.mark.parametrize("password", [PASSWORD, "pässwörd-ÿ€-ß"], ids=["ascii", "non-ascii"])
+def test_a_refused_password_is_exit_2_after_one_login_and_not_shown(
+    tls_env, ca, issue_file, env, capsys, monkeypatch, password
+):
     monkeypatch.setenv("MAILER_SMTP_USER", USER)
-    monkeypatch.setenv("MAILER_SMTP_PASSWORD", PASSWORD)
+    monkeypatch.setenv("MAILER_SMTP_PASSWORD", password)
+    monkeypatch.setenv("MAILER_SMTP_CONNECTIONS", "4")
     server = tls_env(start_server(
         tls_context=server_context(ca, "127.0.0.1"), require_starttls=True, credentials=(USER, "other"),
     ))
-    assert main(["send", str(issue_file)]) == 75
+    assert main(["send", str(issue_file)]) == 2
     blob = _all_output_and_state(capsys, env)
-    assert b"authentication" in blob.lower()
-    assert PASSWORD.encode() not in blob
+    assert b"MAILER_SMTP_USER and MAILER_SMTP_PASSWORD" in blob and b"535" in blob
+    assert password.encode() not in blob
+    for char in "äöÿ€ß":  # not one character of a non-ASCII password either
+        assert char.encode() not in blob
     assert server.recorder.messages == []
+    assert server.recorder.logins == [USER]  # one failed login, not one per connection
+    assert server.recorder.opened == 1
     everyone_pending(env)
+
+
+def test_a_non_ascii_password_logs_in_as_utf_8(tls_env, ca, issue_file, monkeypatch):
+    """RFC 4616: AUTH PLAIN carries UTF-8; smtplib would refuse a non-ASCII password."""
+    password = "pässwörd-ÿ€-ß"
+    monkeypatch.setenv("MAILER_SMTP_USER", "rédaction")
+    monkeypatch.setenv("MAILER_SMTP_PASSWORD", password)
+    server = tls_env(start_server(
+        tls_context=server_context(ca, "127.0.0.1"), require_starttls=True,
+        credentials=("rédaction", password),
+    ))
+    assert main(["send", str(issue_file)]) == 0
+    assert sum(server.recorder.received().values()) == 3
+    assert "rédaction" in server.recorder.logins
 
 
 def test_credentials_in_plain_text_to_a_remote_host_are_refused_before_connecting(
@@ -188,6 +212,27 @@ def test_implicit_tls(tls_env, ca, issue_file, monkeypatch):
 def test_implicit_tls_with_an_untrusted_certificate_is_refused(tls_env, issue_file, env, capsys):
     tls_env(start_server(tls_context=server_context(trustme.CA(), "127.0.0.1"), implicit_tls=True),
             security="ssl")
-    assert main(["send", str(issue_file)]) == 75
+    assert main(["send", str(issue_file)]) == 2
     assert "certificate" in capsys.readouterr().err.lower()
+    everyone_pending(env)
+
+
+def test_a_relay_offering_no_auth_while_credentials_are_set_is_exit_2_naming_the_setting(
+    tls_env, issue_file, env, capsys, monkeypatch
+):
+    monkeypatch.setenv("MAILER_SMTP_USER", USER)
+    monkeypatch.setenv("MAILER_SMTP_PASSWORD", PASSWORD)
+    server = tls_env(start_server(), security="none")  # loopback, no AUTH offered
+    assert main(["send", str(issue_file)]) == 2
+    err = capsys.readouterr().err
+    assert "MAILER_SMTP_USER" in err and "no AUTH" in err and PASSWORD not in err
+    assert server.recorder.opened == 1 and server.recorder.messages == []
+    everyone_pending(env)
+
+
+def test_implicit_tls_against_a_plain_server_is_exit_2_naming_the_setting(tls_env, issue_file, env, capsys):
+    server = tls_env(start_server(), security="ssl")  # speaks plain SMTP: no TLS handshake
+    assert main(["send", str(issue_file)]) == 2
+    assert "MAILER_SMTP_SECURITY" in capsys.readouterr().err
+    assert server.recorder.messages == []
     everyone_pending(env)
