@@ -496,7 +496,7 @@ def _summarise(outcome: Outcome, what: str) -> None:
 
     c, t = outcome.counts, outcome.tally
     if outcome.error is not None and outcome.exit_code == EXIT_INPUT:
-        log.error("nothing more was sent (exit 2): fix what is named above, then run the same command")
+        log.error("%s; nothing more was sent (exit 2): fix it, then run the same command", outcome.error)
     elif outcome.error is not None:
         log.error("%s (exit %d); run the same command again to resume", outcome.error, outcome.exit_code)
     elif not outcome.complete and what != "test send":
