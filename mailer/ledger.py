@@ -111,8 +111,22 @@ def _uri(path: Path) -> str:
     return path.resolve().as_uri()
 
 
+# Ledger files this process has open through SQLite, with how many connections each. Closing
+# any file handle on a file drops every POSIX lock the process holds on it (fcntl's rule), so
+# SQLite's own locks of an open connection would silently go: another process would then take
+# itself for the last connection, checkpoint and delete the WAL under this one, whose writes
+# would go nowhere and later overwrite the file with stale pages. So while a ledger is open
+# here, its header is never read with a handle of our own.
+_open_here: dict[str, int] = {}
+_open_here_lock = threading.Lock()
+
+
 def _header_version(path: Path) -> int:
-    """The user_version in a SQLite file's header (offset 60), read without opening it as one."""
+    """The user_version in a SQLite file's header (offset 60), read without opening it as one;
+    0 when this process already has it open (see `_open_here`): SQLite reads it then."""
+    with _open_here_lock:
+        if _open_here.get(os.path.realpath(path)):
+            return 0
     try:
         with path.open("rb") as f:
             header = f.read(100)
@@ -197,6 +211,7 @@ class Ledger:
         self.lock = threading.Lock()
         self.busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         self._reserve: Path | None = None
+        self._held: str | None = None  # the key of this ledger in _open_here while open
         try:
             self._open(read_only)
         except (OSError, sqlite3.Error) as exc:
@@ -213,6 +228,9 @@ class Ledger:
             path.parent.mkdir(parents=True, exist_ok=True)
         uri = _uri(path) + ("?mode=ro" if read_only else "")
         self.db = self._connect(uri)
+        self._held = os.path.realpath(path)
+        with _open_here_lock:
+            _open_here[self._held] = _open_here.get(self._held, 0) + 1
         try:
             try:
                 version = self._version()
@@ -238,6 +256,7 @@ class Ledger:
                 self._reserve = _keep_room(path.with_name(path.name + "-reserve"))
         except BaseException:
             self.db.close()
+            self._release()
             raise
 
     def _connect(self, uri: str) -> sqlite3.Connection:
@@ -261,6 +280,16 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
+        self._release()
+
+    def _release(self) -> None:
+        with _open_here_lock:
+            held = getattr(self, "_held", None)
+            if held is not None and _open_here.get(held, 0) > 0:
+                _open_here[held] -= 1
+                if not _open_here[held]:
+                    del _open_here[held]
+            self._held = None
 
     def _version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])

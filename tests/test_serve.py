@@ -472,3 +472,26 @@ def test_an_unsubscribe_during_a_send_is_honoured_from_that_moment(env, smtp, is
     rows = ledger_rows(state, ISSUE)
     assert rows[target]["status"] == "suppressed"
     assert f"{target}: on the suppression list since the run started; not sent" in err
+
+
+def test_a_health_check_leaves_the_ledger_shared_and_whole(served, tmp_path):
+    """Reading the ledger's header with a file handle of its own, then closing it, dropped every
+    POSIX lock SQLite held on the file in that process: the next command to close the ledger
+    deleted the WAL under the server, whose unsubscribes then went nowhere, and later corrupted
+    the file."""
+    env = child_env(tmp_path)
+    assert served.request("GET", "/healthz").status == 200
+    for command in (["suppressed"], ["unsubscribe", "bob@example.org"]):  # commands meanwhile
+        subprocess.run([sys.executable, "-m", "mailer", *command], env=env, cwd=tmp_path,
+                       check=True, capture_output=True)
+    assert served.one_click(served.url()).status == 200
+    expected = {"bob@example.org": "unsubscribed", ADDRESS: "unsubscribed"}
+    assert suppressions(served.state) == expected  # seen by another process
+    assert served.request("GET", "/healthz").status == 200
+    assert served.stop() == 0
+    db = sqlite3.connect(served.state / "ledger.sqlite3")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert dict(db.execute("SELECT key, reason FROM suppressions")) == expected
+    finally:
+        db.close()
