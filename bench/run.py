@@ -373,7 +373,7 @@ def base_env(state: Path, port: int, connections: int) -> dict[str, str]:
             "MAILER_SMTP_SECURITY": "none",
             "MAILER_SMTP_CONNECTIONS": str(connections),
             "MAILER_FROM": f"The Top Ten <{SENDER}>",
-            "MAILER_SECRET": "bench-secret",
+            "MAILER_SECRET": "bench-secret-0123456789",
             "MAILER_UNSUBSCRIBE_URL": "https://example.org/unsubscribe/{token}",
             "MAILER_DONATE_URL": "https://example.org/donate",
             "MAILER_STATE_DIR": str(state),

@@ -32,7 +32,7 @@ from run import ISSUE, ROOT, base_env, sink, write_subscribers  # noqa: E402
 sys.path.insert(0, str(ROOT))
 from mailer.tokens import make_token  # noqa: E402
 
-SECRET = "bench-secret"  # base_env's MAILER_SECRET
+SECRET = "bench-secret-0123456789"  # base_env's MAILER_SECRET
 
 
 def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, int]:

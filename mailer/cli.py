@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailer import __version__
-from mailer.errors import InputError, IssueInvalid, MailerError
+from mailer.errors import InputError, IssueInvalid, MailerError, storage_error
 
 if TYPE_CHECKING:
     from mailer.config import Settings
@@ -106,20 +107,21 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     raw = MessageFactory(prepared.rendered, settings).build(recipient)
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     files = {}
     for part in parsed.walk():
         if part.get_content_type() in ("text/html", "text/plain"):
             suffix = "html" if part.get_content_subtype() == "html" else "txt"
             files[suffix] = part.get_content()
-    paths = []
-    for suffix in ("html", "txt"):
-        path = out / f"{prepared.key}.{suffix}"
-        path.write_text(files[suffix], encoding="utf-8")
-        paths.append(path)
-    eml = out / f"{prepared.key}.eml"
-    eml.write_bytes(raw)
-    paths.append(eml)
+    paths = [out / f"{prepared.key}.{suffix}" for suffix in ("html", "txt", "eml")]
+    try:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out}: a file, not a directory; give a directory for the preview")
+        out.mkdir(parents=True, exist_ok=True)
+        paths[0].write_text(files["html"], encoding="utf-8")
+        paths[1].write_text(files["txt"], encoding="utf-8")
+        paths[2].write_bytes(raw)
+    except OSError as exc:
+        raise storage_error(exc, f"--out {exc.filename or out}") from None
     for path in paths:
         _out(str(path))
     for name in missing:
@@ -147,6 +149,8 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
 
     prepared = prepare(_issue_path(args, settings), settings)
     subscribers: Path = args.subscribers or settings.subscribers
+    if args.dry_run and args.to:
+        return _print_test_plan(prepared, settings, args.to, args.outbox)
     if args.dry_run:
         return _print_dry_run(prepared, settings, subscribers, args.outbox, args.allow_removals)
     if args.to:
@@ -157,6 +161,7 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
         return outcome.exit_code
     if args.outbox is None:
         check_smtp_settings(settings)  # before the first log line, so a missing host is one line
+        settings.check_real_send()
     target = f"outbox {args.outbox}" if args.outbox else f"{settings.smtp_host}:{settings.port}"
     log.info("sending %s (%s) from %s to %s", prepared.key, prepared.issue.subject, subscribers, target)
     for warning in prepared.warnings:
@@ -220,10 +225,11 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     key = _issue_key(args, settings)
     ledger = open_ledger(settings.state_dir, key, read_only=True)
     try:
-        if args.csv:
-            report.write_csv(ledger, key, sys.stdout)
-            return EXIT_OK
-        found = report.gather(ledger, key)
+        with ledger.guard():
+            if args.csv:
+                report.write_csv(ledger, key, sys.stdout)
+                return EXIT_OK
+            found = report.gather(ledger, key)
     finally:
         ledger.close()
     if args.json:
@@ -259,7 +265,8 @@ def cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
         how = "command line"
     ledger = Ledger.in_dir(settings.state_dir)
     try:
-        added = ledger.suppress(address, "unsubscribed", f"by {how}")
+        with ledger.guard():
+            added = ledger.suppress(address, "unsubscribed", f"by {how}")
     finally:
         ledger.close()
     _out(f"{address}: {'unsubscribed' if added else 'already on the suppression list'}")
@@ -271,13 +278,16 @@ def cmd_suppressed(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: mailer suppressed
     """
-    from mailer.ledger import Ledger
+    from mailer.ledger import FILE_NAME, Ledger
 
-    ledger = Ledger.in_dir(settings.state_dir)
-    try:
-        rows = ledger.suppressed()
-    finally:
-        ledger.close()
+    rows = []
+    if (settings.state_dir / FILE_NAME).is_file():  # else nothing was ever suppressed here
+        ledger = Ledger(settings.state_dir / FILE_NAME, read_only=True)
+        try:
+            with ledger.guard():
+                rows = ledger.suppressed()
+        finally:
+            ledger.close()
     for address, reason, detail, created in rows:
         _out(f"{address}\t{reason}\t{created}\t{detail}")
     _out(f"{len(rows)} suppressed address(es)")
@@ -289,11 +299,20 @@ def cmd_unsuppress(args: argparse.Namespace, settings: Settings) -> int:
 
     Example: mailer unsuppress ann@example.org
     """
-    from mailer.ledger import Ledger
+    from mailer.ledger import FILE_NAME, Ledger
+    from mailer.subscribers import check_address
 
-    ledger = Ledger.in_dir(settings.state_dir)
+    try:  # as `unsubscribe` stored it: an IDN domain in punycode
+        address = check_address(args.address)
+    except ValueError:
+        address = args.address  # an entry no longer valid may still be lifted as written
+    path = settings.state_dir / FILE_NAME
+    if not path.is_file():
+        raise InputError(f"{path}: no ledger here, so no suppression list; nothing was changed")
+    ledger = Ledger(path)
     try:
-        lifted = ledger.unsuppress(args.address)
+        with ledger.guard():
+            lifted = ledger.unsuppress(address) or ledger.unsuppress(args.address)
     finally:
         ledger.close()
     if not lifted:
@@ -343,6 +362,8 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     """
     for name, value in settings.masked().items():
         _out(f"{name}={value}")
+    for problem in settings.real_send_problems():
+        _out(f"note: {problem}")
     return EXIT_OK
 
 
@@ -435,6 +456,23 @@ def _print_dry_run(
     return EXIT_OK
 
 
+def _print_test_plan(
+    prepared: Prepared, settings: Settings, addresses: list[str], outbox: Path | None
+) -> int:
+    """`send --to X --dry-run`: the test send's plan; the list is not read."""
+    from mailer.message import MessageFactory
+    from mailer.send import check_outbox, test_recipients
+
+    recipients = test_recipients(addresses)
+    check_outbox(settings, outbox)
+    MessageFactory(prepared.rendered, settings, test=True)  # the settings a test send needs
+    for r in recipients:
+        _out(f"send  {r.email}  (a [TEST] copy, not recorded as a delivery)")
+    _out(f"dry run of a test send of {prepared.key}: {len(recipients)} to send; nothing was sent")
+    _print_warnings(prepared)
+    return EXIT_OK
+
+
 def _with_signals(run: Callable[[threading.Event], Outcome]) -> Outcome:
     """SIGINT/SIGTERM: finish the messages in flight, record them, then stop (exit 75)."""
     stop = threading.Event()
@@ -458,7 +496,7 @@ def _summarise(outcome: Outcome, what: str) -> None:
 
     c, t = outcome.counts, outcome.tally
     if outcome.error is not None and outcome.exit_code == EXIT_INPUT:
-        log.error("nothing more was sent (exit 2): fix what is named above, then run the same command")
+        log.error("%s; nothing more was sent (exit 2): fix it, then run the same command", outcome.error)
     elif outcome.error is not None:
         log.error("%s (exit %d); run the same command again to resume", outcome.error, outcome.exit_code)
     elif not outcome.complete and what != "test send":
@@ -503,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--env-file", type=Path, default=default(None), metavar="PATH",
                        help="settings file (default ./.env when present); the environment wins")
         p.add_argument("-v", "--verbose", action="store_true", default=default(False),
-                       help="log each retry too")
+                       help="debug output: the settings in effect (secrets masked), each step "
+                       "and each message sent")
 
     # Accepted before the command and after it; after it, an absent option must not undo
     # one given before, hence SUPPRESS as the command's default.
@@ -594,6 +633,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mailer.config import load_settings
 
         settings = load_settings(args.env_file)
+        if args.verbose:
+            log.debug("mailer %s, env file %s", __version__, args.env_file or "./.env when present")
+            for name, value in settings.masked().items():
+                log.debug("setting %s=%s", name, value)
         return COMMANDS[args.command](args, settings)
     except IssueInvalid as exc:
         for line in exc.problems:
@@ -611,5 +654,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `mailer report --csv | head`: the reader has had enough; not an error.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush is quiet
         return EXIT_OK
+    except (OSError, sqlite3.Error) as exc:
+        # The last resort for a file error the library did not place: still one line and the
+        # right code (a full disk: try later; a path that cannot be: fix it).
+        error = storage_error(exc, getattr(exc, "filename", None) or "a file")
+        sys.stderr.write(f"mailer {args.command}: {error}\n")
+        return error.exit_code
 
 

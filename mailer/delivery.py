@@ -12,6 +12,7 @@ import heapq
 import itertools
 import logging
 import random
+import sqlite3
 import sys
 import threading
 import time
@@ -25,13 +26,16 @@ from mailer.config import Settings
 from mailer.errors import (
     ConnectFailed,
     DeliveryError,
+    InputError,
     Interrupted,
     LockHeld,
     MailerError,
     RelayRefusesSettings,
     RunStopped,
     ServerUnreachable,
+    TryLater,
     Withheld,
+    storage_error,
 )
 from mailer.ledger import Ledger
 from mailer.message import MessageFactory
@@ -52,8 +56,13 @@ __all__ = ["OUTAGE_DOMAINS", "OUTAGE_STREAK", "Delivery", "Tally", "backoff", "r
 @contextlib.contextmanager
 def run_lock(state_dir: Path) -> Iterator[None]:
     """One send or replay at a time per state directory; the kernel frees it if we die."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = (state_dir / LOCK_NAME).open("a")
+    try:
+        if state_dir.exists() and not state_dir.is_dir():
+            raise InputError(f"{state_dir}: the state directory is a file, not a directory")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = (state_dir / LOCK_NAME).open("a")
+    except OSError as exc:
+        raise storage_error(exc, state_dir) from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -62,6 +71,15 @@ def run_lock(state_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def _stopped_by(exc: Exception, ledger: Path) -> TryLater:
+    """An error on this machine in the middle of a run (a full disk, say): the run stops, and
+    re-running resumes."""
+    error = storage_error(exc, ledger) if isinstance(exc, OSError | sqlite3.Error) else exc
+    if isinstance(error, TryLater):
+        return type(error)(f"{error}; stopped early, the rest left pending")
+    return RunStopped(f"stopped by an error: {error}; the rest left pending")
 
 
 def backoff(attempt: int, base: float) -> float:
@@ -163,6 +181,7 @@ class Delivery:
         self.lift_bounces = lift_bounces
         self.plan = plan
         self.pacer = Pacer(settings.rate_limit)
+        self.debug = log.isEnabledFor(logging.DEBUG)  # checked once, not once per message
         lock = self._lock = threading.Lock()  # entered directly on the hot path: cheaper than the Condition
         self._cond = threading.Condition(lock)  # work to take, or the run's end
         self._room = threading.Condition(lock)  # room in the queue, for the feeder
@@ -207,8 +226,7 @@ class Delivery:
         """Stop the run (the first reason wins) and wake everyone waiting."""
         with self._cond:
             if self._abort is None:
-                self._abort = error
-                log.error("%s", error)
+                self._abort = error  # logged once, by whoever reports how the run ended
             self._cond.notify_all()
             self._room.notify_all()
         self._first.set()
@@ -275,7 +293,7 @@ class Delivery:
         try:
             self._feed()
         except Exception as exc:  # the ledger could not be read: stop the workers cleanly
-            self._halt(RunStopped(f"stopped by an error reading the ledger: {exc}"))
+            self._halt(_stopped_by(exc, self.ledger.path))
         except BaseException:  # KeyboardInterrupt outside the command line: finish what is in flight
             self.stop.set()
             raise
@@ -333,7 +351,7 @@ class Delivery:
         except Exception as exc:
             # A full disk, a locked ledger, an unwritable outbox: a dead thread would leave
             # the run waiting for it for ever, holding the lock. Stop the run instead.
-            self._halt(RunStopped(f"stopped by an error: {exc}; the rest left pending"))
+            self._halt(_stopped_by(exc, self.ledger.path))
             with contextlib.suppress(Exception):
                 line.settle()  # the last success, if the ledger can still take it
         finally:
@@ -475,6 +493,8 @@ class Delivery:
                 self._finish(held[0])  # never tried: back to the others
             raise
         line.sent = (recipient.key, attempts, reply)
+        if self.debug:
+            log.debug("%s: sent on attempt %d (%s)", recipient.email, attempts, reply)
         if self.lift_bounces:
             self.ledger.unsuppress_bounce(recipient.email)
         self.pacer.success()

@@ -106,3 +106,62 @@ class ConnectFailed(MailerError):
 class Withheld(MailerError):
     """At the point of no return the recipient was no longer to be sent to (unsubscribed
     during the run): the message was abandoned before its final dot."""
+
+
+class DiskFull(TryLater):
+    """The disk (or the quota) is full: nothing that did not happen was recorded."""
+
+
+# The ledger's own reasons to try later are ledger errors too, for code that catches those.
+class LedgerFull(DiskFull, LedgerError):
+    """The disk under the ledger is full (exit 75)."""
+
+
+class LedgerBusy(TryLater, LedgerError):
+    """Another process holds the ledger, or it could not be read or written (exit 75)."""
+
+
+# OS errors that say "fix this and run again" (exit 2); any other one may pass (exit 75).
+_SETUP_ERRNOS = {"EACCES", "EPERM", "EROFS", "ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "ELOOP",
+                 "ENAMETOOLONG"}
+_FULL_ERRNOS = {"ENOSPC", "EDQUOT", "EFBIG"}
+
+
+def storage_error(exc: BaseException, what: object) -> MailerError:
+    """An OSError or a SQLite error about `what` (a file or directory), as one of ours:
+    a full disk or a busy file is a reason to try later, a file that is not what it should be
+    or cannot be written is one to fix first."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, MailerError):
+        return exc
+    if isinstance(exc, OSError):
+        name = errno.errorcode.get(exc.errno or 0, "")
+        reason = exc.strerror or str(exc)
+        if name in _FULL_ERRNOS:
+            return DiskFull(f"{what}: the disk is full ({reason}); free some space and run again")
+        if name in ("EACCES", "EPERM", "EROFS"):
+            return InputError(f"{what}: cannot be written ({reason}); check the permissions and the mount")
+        if name in _SETUP_ERRNOS:
+            return InputError(f"{what}: {reason}")
+        return TryLater(f"{what}: {reason}")
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        code = getattr(exc, "sqlite_errorname", "")
+        if code in ("SQLITE_FULL",) or "disk is full" in text:
+            return LedgerFull(f"{what}: the disk is full ({text}); free some space and run again")
+        if code.startswith("SQLITE_BUSY") or code.startswith("SQLITE_LOCKED") or "locked" in text:
+            return LedgerBusy(f"{what}: locked by another process ({text}); try again later")
+        if code.startswith("SQLITE_READONLY") or "readonly" in text:
+            return LedgerError(f"{what}: cannot be written ({text}); check the permissions and the mount")
+        if code.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+            return LedgerError(f"{what}: cannot open the ledger ({text}); check that its directory "
+                               "exists and can be written")
+        if code in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or "not a database" in text or "malformed" in text:
+            return LedgerError(f"{what}: cannot open the ledger: not a sound SQLite database ({text}); "
+                               "move it away or restore it from a backup")
+        if code.startswith("SQLITE_IOERR"):
+            return LedgerBusy(f"{what}: input/output error ({text}); try again later")
+        return LedgerError(f"{what}: {text}")
+    return TryLater(f"{what}: {exc}")

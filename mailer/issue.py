@@ -34,6 +34,21 @@ MAX_STORIES = 10
 _BREAKING = {"Cc", "Zl", "Zp"}
 
 
+# Characters that change the direction of the text around them, or take no room at all: in a
+# subject or preheader they hide or reorder what the reader sees (a subject of nothing but
+# U+200B looks empty). The zero-width joiner stays allowed: emoji sequences need it.
+_INVISIBLE = set(
+    "\u061c\u200b\u200c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063"
+    "\u2064\u2066\u2067\u2068\u2069\ufeff\u180e"
+)
+# Sizes far beyond any real issue, so that a slip (a pasted file) is refused with its field
+# before rendering it takes the machine's memory.
+MAX_FILE_BYTES = 2_000_000
+MAX_LINE_CHARS = 500
+MAX_TEXT_CHARS = 20_000
+MAX_URL_CHARS = 2_000
+
+
 def _control_chars(value: str, allow_newlines: bool) -> list[str]:
     bad = []
     for char in value:
@@ -44,34 +59,71 @@ def _control_chars(value: str, allow_newlines: bool) -> list[str]:
     return bad
 
 
+def _surrogates(value: str) -> None:
+    """A lone surrogate (`"\\ud800"` in JSON) is not a character: it cannot be encoded."""
+    for char in value:
+        if "\ud800" <= char <= "\udfff":
+            raise ValueError(f"must be text: U+{ord(char):04X} is half of a character (a lone surrogate)")
+
+
 def single_line(value: str) -> str:
+    _surrogates(value)
     bad = _control_chars(value, allow_newlines=False)
     if bad:
         raise ValueError(f"must be one line of text without control characters (found {bad[0]})")
+    if len(value) > MAX_LINE_CHARS:
+        raise ValueError(f"must be at most {MAX_LINE_CHARS} characters")
     return value
 
 
 def multi_line(value: str) -> str:
+    _surrogates(value)
     bad = _control_chars(value.replace("\r\n", "\n"), allow_newlines=True)
     if bad:
         raise ValueError(f"must not contain control characters (found {bad[0]})")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"must be at most {MAX_TEXT_CHARS:,} characters (found {len(value):,})")
     return value.replace("\r\n", "\n")
 
 
+def no_invisible(value: str) -> str:
+    """For what becomes a header or the inbox's preview line."""
+    for char in value:
+        if char in _INVISIBLE:
+            raise ValueError(
+                f"must not contain invisible or direction-changing characters (found U+{ord(char):04X})"
+            )
+    return value
+
+
 def non_empty(value: str) -> str:
-    if not value.strip():
+    if not "".join(c for c in value if c not in _INVISIBLE and c != "\u200d").strip():
         raise ValueError("must not be empty")
     return value
 
 
 def https_url(value: str) -> str:
+    _surrogates(value)
+    if len(value) > MAX_URL_CHARS:
+        raise ValueError(f"must be an https URL of at most {MAX_URL_CHARS} characters")
     parts = urlsplit(value)
     if (
         parts.scheme != "https"
         or not parts.hostname
-        or any(c.isspace() or unicodedata.category(c) == "Cc" for c in value)
+        or any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in value)
     ):
         raise ValueError("must be an https URL")
+    # A browser reads `\\` as `/`: https://evil.example\\@good.example/ goes to evil.example.
+    if "\\" in value:
+        raise ValueError("must be an https URL without a backslash")
+    if "@" in parts.netloc:
+        raise ValueError("must be an https URL without a user name or password (user@host)")
+    try:
+        valid_port = parts.port != 0
+    except ValueError:  # not a number, or over 65535
+        valid_port = False
+    if not valid_port:
+        raise ValueError("must be an https URL with a port from 1 to 65535")
     return value
 
 
@@ -116,8 +168,8 @@ class Sponsor(_Model):
 
 class Issue(_Model):
     date: dt.date
-    subject: Annotated[RequiredLine, Field(max_length=150)]
-    preheader: Annotated[Line, Field(max_length=200)] = ""
+    subject: Annotated[RequiredLine, AfterValidator(no_invisible), Field(max_length=150)]
+    preheader: Annotated[Line, AfterValidator(no_invisible), Field(max_length=200)] = ""
     intro: Text = ""
     stories: Annotated[list[Story], Field(min_length=1, max_length=MAX_STORIES)]
     sponsor: Sponsor | None = None
@@ -200,8 +252,17 @@ _FRIENDLY = {
 }
 
 
+def _safe_key(part: object) -> str:
+    """A JSON path part as one printable line: a key with a line break or an escape sequence
+    (an unknown field is printed as it was written) is shown JSON-escaped."""
+    text = str(part)
+    if text.isprintable() and text.isascii() and "." not in text and '"' not in text and text:
+        return text
+    return json.dumps(text)
+
+
 def _describe(error: Any) -> list[str]:
-    loc = ".".join(str(part) for part in error["loc"])
+    loc = ".".join(_safe_key(part) for part in error["loc"])
     kind = error["type"]
     if kind == "value_error":
         message = str(error["ctx"]["error"])
@@ -229,6 +290,21 @@ class _DuplicateKey(ValueError):
     pass
 
 
+class _BadNumber(ValueError):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    """No rank needs more than a few digits; Python refuses to convert over 4,300 anyway."""
+    if len(text.lstrip("-")) > 30:
+        raise _BadNumber(f"a number of {len(text)} digits; numbers in an issue are small whole numbers")
+    return int(text)
+
+
+def _no_constant(text: str) -> float:
+    raise _BadNumber(f"{text} is not a number JSON allows")
+
+
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """JSON lets a repeated key silently win; an editor's copy-paste slip should not."""
     seen: dict[str, Any] = {}
@@ -250,16 +326,26 @@ def load_issue(path: Path) -> Issue:
         raise InputError(f"{name}: cannot read: {exc.strerror}") from None
     if not data.strip():
         raise InputError(f"{name}: the file is empty")
+    if len(data) > MAX_FILE_BYTES:
+        raise InputError(
+            f"{name}: {len(data) / 1e6:.1f} MB, far more than an issue (at most "
+            f"{MAX_FILE_BYTES / 1e6:.0f} MB); is it the right file?"
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{name}: not UTF-8 text (byte {exc.start})") from None
     try:
-        raw = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+        raw = json.loads(text, object_pairs_hook=_refuse_duplicate_keys,
+                         parse_int=_bounded_int, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}: not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     except _DuplicateKey as exc:
         raise InputError(f"{name}: the key {exc} appears twice in one object; keep one") from None
+    except RecursionError:
+        raise InputError(f"{name}: not an issue: the JSON is nested too deeply") from None
+    except _BadNumber as exc:
+        raise InputError(f"{name}: {exc}") from None
     if not isinstance(raw, dict):
         raise IssueInvalid([f"{name}: must be a JSON object"])
     file_date = path.stem if DATE_NAME.match(path.stem) else None

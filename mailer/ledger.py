@@ -8,6 +8,7 @@ guarantee the final-dot record needs; surviving a power cut per message is not r
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -17,10 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailer.errors import InputError, LedgerError, SubscribersError
+from mailer.errors import InputError, LedgerError, SubscribersError, storage_error
 from mailer.subscribers import Recipient, SkippedRow
 
 FILE_NAME = "ledger.sqlite3"
+# How long to wait for another process's write (`mailer serve`, `unsubscribe`) before giving up.
+BUSY_TIMEOUT = 60.0
+# Room kept on the disk for recording the deliveries already made when it fills up.
+RESERVE_BYTES = 256 * 1024
 STATUSES = ("sent", "failed", "in_doubt", "suppressed", "skipped", "pending", "bounced", "complained")
 # `dot`: the final "." of the message is about to be sent or was sent with no reply yet.
 # After a crash such a row becomes `in_doubt`; in reports it already counts as one.
@@ -107,16 +112,40 @@ def _uri(path: Path) -> str:
     return path.resolve().as_uri()
 
 
+# Ledger files this process has open through SQLite, with how many connections each. Closing
+# any file handle on a file drops every POSIX lock the process holds on it (fcntl's rule), so
+# SQLite's own locks of an open connection would silently go: another process would then take
+# itself for the last connection, checkpoint and delete the WAL under this one, whose writes
+# would go nowhere and later overwrite the file with stale pages. So while a ledger is open
+# here, its header is never read with a handle of our own.
+_open_here: dict[str, int] = {}
+_open_here_lock = threading.Lock()
+
+
 def _header_version(path: Path) -> int:
-    """The user_version in a SQLite file's header (offset 60), read without opening it as one."""
+    """The user_version in a SQLite file's header (offset 60), read without opening it as one;
+    0 when this process already has it open (see `_open_here`): SQLite reads it then."""
+    with _open_here_lock:
+        if _open_here.get(os.path.realpath(path)):
+            return 0
     try:
         with path.open("rb") as f:
             header = f.read(100)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter is reported when opening it
         return 0
     if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
         return 0
     return int.from_bytes(header[60:64], "big")
+
+
+def _keep_room(reserve: Path) -> Path:
+    """A file holding RESERVE_BYTES of the disk, given back when the disk is full so that the
+    deliveries already made can still be recorded (else they would be left in doubt). Made
+    now, so that a disk already too full fails before anything is sent."""
+    if not reserve.is_file() or reserve.stat().st_size < RESERVE_BYTES:
+        with reserve.open("wb") as handle:
+            handle.write(bytes(RESERVE_BYTES))  # written, not sparse: the blocks are taken
+    return reserve
 
 
 _second: tuple[int, str] = (0, "")
@@ -189,22 +218,43 @@ class Ledger:
     contend for SQLite's write lock, whose busy handler sleeps for milliseconds at a time.
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False, busy_timeout: float = 60.0) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False, busy_timeout: float | None = None) -> None:
         self.path = path
         self.lock = threading.Lock()
         self._dots: deque[_DotRequest] = deque()  # final dots' records waiting for a commit
+        self.busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
+        self._reserve: Path | None = None
+        self._held: str | None = None  # the key of this ledger in _open_here while open
+        try:
+            self._open(read_only)
+        except (OSError, sqlite3.Error) as exc:
+            raise storage_error(exc, path) from None
+
+    def _open(self, read_only: bool) -> None:
+        path = self.path
         # Refuse a newer ledger before SQLite opens it: even setting the journal mode, or a
         # reader's -wal and -shm files, would change what a newer mailer left there.
         self._refuse_newer(_header_version(path))
         if not read_only:
+            if path.parent.exists() and not path.parent.is_dir():
+                raise LedgerError(f"{path.parent}: the state directory is a file, not a directory")
             path.parent.mkdir(parents=True, exist_ok=True)
         uri = _uri(path) + ("?mode=ro" if read_only else "")
-        self.db = sqlite3.connect(
-            uri, uri=True, isolation_level=None, timeout=busy_timeout, check_same_thread=False
-        )
+        self.db = self._connect(uri)
+        self._held = os.path.realpath(path)
+        with _open_here_lock:
+            _open_here[self._held] = _open_here.get(self._held, 0) + 1
         try:
-            self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            version = self._version()
+            try:
+                version = self._version()
+            except sqlite3.OperationalError:
+                if not read_only or os.access(path.parent, os.W_OK):
+                    raise
+                # A reader on a read-only mount (a backup, say): SQLite cannot make the WAL's
+                # index there, so read the file as it is.
+                self.db.close()
+                self.db = self._connect(uri + "&immutable=1")
+                version = self._version()
             self._refuse_newer(version)  # a version still in the WAL, not yet in the header
             if not read_only:
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -215,9 +265,27 @@ class Ledger:
                     Ledger(path).close()
                 else:
                     self._migrate()
+            if not read_only:
+                self._reserve = _keep_room(path.with_name(path.name + "-reserve"))
         except BaseException:
             self.db.close()
+            self._release()
             raise
+
+    def _connect(self, uri: str) -> sqlite3.Connection:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=self.busy_timeout,
+                             check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        return db
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """SQLite's and the OS's errors on this ledger as the mailer's own: a full disk or a
+        lock held elsewhere is a reason to try later, a broken file one to fix."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            raise storage_error(exc, self.path) from None
 
     @classmethod
     def in_dir(cls, state_dir: Path) -> Ledger:
@@ -225,6 +293,16 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
+        self._release()
+
+    def _release(self) -> None:
+        with _open_here_lock:
+            held = getattr(self, "_held", None)
+            if held is not None and _open_here.get(held, 0) > 0:
+                _open_here[held] -= 1
+                if not _open_here[held]:
+                    del _open_here[held]
+            self._held = None
 
     def _version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -463,11 +541,20 @@ class Ledger:
             if len(batch) == 1 and batch[0].record is None:
                 batch[0].marked = self.db.execute(_MARK_DOT, batch[0].dot).rowcount == 1
             else:
-                with self._transaction("DEFERRED"):
-                    for request in batch:
-                        if request.record is not None:
-                            self.db.execute(_RECORD, request.record)
-                        request.marked = self.db.execute(_MARK_DOT, request.dot).rowcount == 1
+                try:
+                    with self._transaction("DEFERRED"):
+                        for request in batch:
+                            if request.record is not None:
+                                self.db.execute(_RECORD, request.record)
+                            request.marked = self.db.execute(_MARK_DOT, request.dot).rowcount == 1
+                except sqlite3.OperationalError as exc:
+                    # The disk is full: the next messages will not go, but the ones before
+                    # them did; record those in the room kept for it, so none is left in doubt.
+                    if self._use_reserve(exc):
+                        for request in batch:
+                            if request.record is not None:
+                                self.db.execute(_RECORD, request.record)
+                    raise
             for request in batch:
                 if not request.marked:  # rare, so out of the common path's statement
                     issue, key = request.dot[4], request.dot[5]
@@ -491,8 +578,22 @@ class Ledger:
         *,
         permanent: bool = False,
     ) -> None:
+        values = _record_args(issue, key, status, attempts, code, message, permanent)
         with self.lock:
-            self.db.execute(_RECORD, _record_args(issue, key, status, attempts, code, message, permanent))
+            try:
+                self.db.execute(_RECORD, values)
+            except sqlite3.OperationalError as exc:
+                if not self._use_reserve(exc):
+                    raise
+                self.db.execute(_RECORD, values)  # what happened is recorded; the run stops next
+
+    def _use_reserve(self, exc: sqlite3.OperationalError) -> bool:
+        """On a full disk, free the room kept for recording what already happened."""
+        if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL" or self._reserve is None:
+            return False
+        self._reserve.unlink(missing_ok=True)
+        self._reserve = None
+        return True
 
     def release(
         self, issue: str, key: str, code: int | None, message: str | None, *,
@@ -756,7 +857,9 @@ def open_ledger(state_dir: Path, issue: str | None = None, *, read_only: bool = 
     if not path.is_file():
         raise InputError(f"{path}: no ledger here; nothing has been sent from this state directory")
     ledger = Ledger(path, read_only=read_only)
-    if issue is not None and not ledger.has_issue(issue):
+    with ledger.guard():
+        known = issue is None or ledger.has_issue(issue)
+    if not known:
         ledger.close()
         raise InputError(f"{path}: issue {issue} has never been sent from here")
     return ledger

@@ -7,12 +7,12 @@ segment ends in a soft line break, so joining never makes a line longer than RFC
 
 from __future__ import annotations
 
+import base64
 import binascii
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
 
 from markupsafe import escape
@@ -67,15 +67,59 @@ def _mend(line: bytes) -> bytes:
     return CRLF.join(pieces)
 
 
+# RFC 2047: an encoded word is at most 75 characters. "=?utf-8?b?" and "?=" take 12; 45 bytes
+# of text are 60 of base64, so a word is 72 and a folded line " " + word stays under 78.
+_WORD_BYTES = 45
+MAX_HEADER_LINE = 998  # RFC 5322 2.1.1, in octets, without the CRLF
+
+
+def encoded_words(text: str) -> list[str]:
+    """`text` as RFC 2047 encoded words of at most 75 characters, never splitting a
+    character's bytes between two words. Decoders join adjacent words without the white
+    space between them, so the text comes back exactly."""
+    words: list[str] = []
+    chunk = bytearray()
+    for char in text:
+        data = char.encode("utf-8")
+        if len(chunk) + len(data) > _WORD_BYTES:
+            words.append(_b_word(bytes(chunk)))
+            chunk.clear()
+        chunk += data
+    if chunk or not words:
+        words.append(_b_word(bytes(chunk)))
+    return words
+
+
+def _b_word(data: bytes) -> str:
+    return "=?utf-8?b?" + base64.b64encode(data).decode("ascii") + "?="
+
+
+def _plain(value: str, room: int) -> bool:
+    """Text that can go into a header as it is: ASCII, not mistakable for an encoded word,
+    short enough for one line."""
+    return value.isascii() and "=?" not in value and len(value) <= room
+
+
 def encode_header(name: str, value: str) -> bytes:
-    """One header line, RFC 2047-encoded when not ASCII and folded when long."""
-    charset = "us-ascii" if value.isascii() else "utf-8"
-    folded = Header(value, charset, header_name=name).encode(linesep="\r\n")
-    return f"{name}: {folded}\r\n".encode("ascii")
+    """One unstructured header; RFC 2047-encoded (and folded between the encoded words) when
+    it is not ASCII, when it looks like an encoded word itself, or when it is too long."""
+    if _plain(value, MAX_HEADER_LINE - len(name) - 2) and value == value.strip():
+        return f"{name}: {value}\r\n".encode("ascii")
+    return f"{name}: {CRLF_SPACE.join(encoded_words(value))}\r\n".encode("ascii")
+
+
+CRLF_SPACE = "\r\n "
 
 
 def address_header(name: str, display: str, email: str) -> bytes:
-    return f"{name}: {formataddr((display, email), charset='utf-8')}\r\n".encode("ascii")
+    """`Name: display <email>`, the display name as a quoted string when it is plain ASCII,
+    else as encoded words, one to a line."""
+    display = display.strip()  # white space around a name is no part of it, to any reader
+    if not display:
+        return f"{name}: {email}\r\n".encode("ascii")
+    if _plain(display, MAX_HEADER_LINE - len(name) - len(email) - 8):
+        return f"{name}: {formataddr((display, email))}\r\n".encode("ascii")
+    return f"{name}: {CRLF_SPACE.join(encoded_words(display))}{CRLF_SPACE}<{email}>\r\n".encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -161,7 +205,9 @@ class MessageFactory:
         values = {"greeting": greeting(recipient.name), "email": email, "unsubscribe_url": unsubscribe}
         targets = f"<{unsubscribe}>"
         if self.settings.unsubscribe_mailto:
-            targets += f", <mailto:{self.settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>"
+            # folded after the comma: with a long address, the two tokens on one line could
+            # pass 998 octets
+            targets += f",\r\n <mailto:{self.settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>"
         out = [
             address_header("To", recipient.name, email),
             self._date_header(),

@@ -135,7 +135,21 @@ def write_csv(ledger: Ledger, issue: str, out: TextIO) -> None:
             values["status"] = "in_doubt"
         elif values["status"] == "suppressed":
             values["reason"] = _not_sent(values, why)["reason"]
-        writer.writerow([values[c] if values[c] is not None else "" for c in CSV_COLUMNS])
+        writer.writerow([spreadsheet_safe(values[c]) for c in CSV_COLUMNS])
+
+
+# A spreadsheet takes a cell starting with one of these as a formula (tab and CR too: some strip
+# them first). OWASP's advice: a leading quote makes it text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A cell a spreadsheet shows as text: a string that could start a formula gets a `'`."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _not_sent(row: dict[str, Any], why: dict[str, str]) -> dict[str, Any]:

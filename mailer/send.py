@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -12,7 +13,14 @@ from pathlib import Path
 
 from mailer.config import Settings
 from mailer.delivery import Delivery, Tally, run_lock
-from mailer.errors import InputError, MailerError, RelayRefusesSettings, SubscribersError, TryLater
+from mailer.errors import (
+    InputError,
+    MailerError,
+    RelayRefusesSettings,
+    SubscribersError,
+    TryLater,
+    storage_error,
+)
 from mailer.issue import Issue, content_warnings, load_issue
 from mailer.ledger import FILE_NAME, Ledger, PlanCounts, open_ledger
 from mailer.message import MessageFactory
@@ -41,6 +49,8 @@ def prepare(path: Path, settings: Settings) -> Prepared:
     issue = load_issue(path)
     rendered = render_issue(issue, settings)
     html_bytes = rendered.html.static_size + 200  # plus one recipient's slots, roughly
+    log.debug("%s: %d stories, subject %r, HTML part about %d bytes", path, len(issue.stories),
+              issue.subject, html_bytes)
     return Prepared(path, issue, rendered, content_warnings(issue, html_bytes))
 
 
@@ -70,15 +80,31 @@ class Outcome:
         return 0 if self.complete else 1
 
 
+def check_outbox(settings: Settings, outbox: Path | None) -> None:
+    """An outbox keeps a ledger of its own: in the state directory it would be the real one,
+    and the real send would then find everyone delivered."""
+    if outbox is None:
+        return
+    state = settings.state_dir.resolve()
+    target = outbox.resolve()
+    if target == state or state in target.parents:
+        raise InputError(
+            f"--outbox {outbox}: inside the state directory ({settings.state_dir}), where its "
+            "ledger would be taken for the real one; choose another directory"
+        )
+
+
 def transport_factory(settings: Settings, outbox: Path | None) -> Callable[[], Transport]:
     """Outbox when asked for, else SMTP: checked now, before any connection."""
     if outbox is not None:
+        check_outbox(settings, outbox)
         try:  # a test send has no ledger in the folder to create it
             outbox.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"--outbox {outbox}: cannot create the folder: {exc.strerror}") from None
         return lambda: OutboxTransport(outbox)
     check_smtp_settings(settings)
+    settings.check_real_send()
     return lambda: SMTPTransport(settings)
 
 
@@ -97,19 +123,21 @@ def _deliver(
 ) -> Outcome:
     """What every run does, in order: settle a crash's messages in flight, make the rows ready
     (`ready`: the plan of the list, or the failures reset), then deliver inside a run record."""
-    outcome.recovered = ledger.recover(prepared.key)
-    if outcome.recovered:
-        log.warning("%d message(s) were in flight at a crash: now in doubt", outcome.recovered)
-    ready()
-    # unsubscribed since the plan, or since the run that left these pending stopped
-    ledger.apply_suppressions(prepared.key, except_bounces=lift_bounces)
-    plan = outcome.plan.plan_id if outcome.plan is not None else None
-    if outcome.plan is not None and outcome.plan.missing:
-        log.warning(
-            "%d recipient(s) of an earlier plan are not in the list now: not sent to, left as they are",
-            outcome.plan.missing,
-        )
-    run_id = ledger.start_run(prepared.key, kind)
+    with ledger.guard():  # a full disk while planning or at the end: 75, nothing half-written
+        outcome.recovered = ledger.recover(prepared.key)
+        if outcome.recovered:
+            log.warning("%d message(s) were in flight at a crash: now in doubt", outcome.recovered)
+        ready()
+        # unsubscribed since the plan, or since the run that left these pending stopped
+        ledger.apply_suppressions(prepared.key, except_bounces=lift_bounces)
+        plan = outcome.plan.plan_id if outcome.plan is not None else None
+        if outcome.plan is not None and outcome.plan.missing:
+            log.warning(
+                "%d recipient(s) of an earlier plan are not in the list now: not sent to, left as they are",
+                outcome.plan.missing,
+            )
+        run_id = ledger.start_run(prepared.key, kind)
+        log.debug("%s run %d of %s: plan %s", kind, run_id, prepared.key, outcome.plan)
     delivery = Delivery(
         ledger, prepared.key, factory, transports, settings,
         stop=stop, tally=outcome.tally, lift_bounces=lift_bounces, plan=plan,
@@ -118,10 +146,11 @@ def _deliver(
         delivery.run()
     except (TryLater, RelayRefusesSettings) as exc:
         outcome.error = exc
-    outcome.counts = ledger.counts(prepared.key)
-    if plan is not None:
-        outcome.left_out = outcome.counts["pending"] - ledger.count_pending(prepared.key, plan=plan)
-    ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
+    with ledger.guard():
+        outcome.counts = ledger.counts(prepared.key)
+        if plan is not None:
+            outcome.left_out = outcome.counts["pending"] - ledger.count_pending(prepared.key, plan=plan)
+        ledger.end_run(run_id, _outcome_word(outcome), outcome.tally.sent)
     return outcome
 
 
@@ -219,6 +248,8 @@ def replay_candidates(
             scratch.copy_from(real.path, issue)
             plan = plan_list(scratch, issue, rows, subscribers, allow_removals)
             return scratch.replay_candidates(issue, in_doubt=in_doubt, permanent=permanent, plan=plan.plan_id)
+        except sqlite3.Error as exc:  # the scratch copy, on a full /tmp say
+            raise storage_error(exc, scratch.path) from None
         finally:
             scratch.close()
 
@@ -244,24 +275,42 @@ def dry_run(
     allow_removals: bool = False,
 ) -> Iterator[DryRun]:
     """Connects to nothing and writes no ledger row: the plan is made in a scratch ledger."""
+    check_outbox(settings, outbox)
     rows = read_subscribers(subscribers)
     real = (outbox if outbox is not None else settings.state_dir) / FILE_NAME
+    if real.parent.exists() and not real.parent.is_dir():  # the real run would stop there
+        raise InputError(f"{real.parent}: the state directory is a file, not a directory")
     with tempfile.TemporaryDirectory(prefix="mailer-dry-run-") as scratch_dir:
         scratch = Ledger(Path(scratch_dir) / FILE_NAME)
         try:
             if real.is_file():
                 Ledger(real, read_only=True).close()  # refuses a ledger newer than this mailer
-                scratch.copy_from(real, prepared.key)
-            plan = plan_list(scratch, prepared.key, rows, subscribers, allow_removals)
-            plan.suppressed += scratch.apply_suppressions(prepared.key)  # as the real run will
-            plan.pending = scratch.count_pending(prepared.key, plan=plan.plan_id)
-            skipped = [
-                (r["row"], r["email"], r["status"], r["reason"] or "on the suppression list")
-                for r in scratch.rows(prepared.key, ["skipped", "suppressed"])
-            ]
+                try:
+                    scratch.copy_from(real, prepared.key)
+                except sqlite3.Error as exc:
+                    raise storage_error(exc, real) from None
+            with scratch.guard():
+                plan = plan_list(scratch, prepared.key, rows, subscribers, allow_removals)
+                plan.suppressed += scratch.apply_suppressions(prepared.key)  # as the real run will
+                plan.pending = scratch.count_pending(prepared.key, plan=plan.plan_id)
+                skipped = [
+                    (r["row"], r["email"], r["status"], r["reason"] or "on the suppression list")
+                    for r in scratch.rows(prepared.key, ["skipped", "suppressed"])
+                ]
             yield DryRun(plan, (r for r, _ in scratch.pending(prepared.key, plan=plan.plan_id)), skipped)
         finally:
             scratch.close()
+
+
+def test_recipients(addresses: list[str]) -> list[Recipient]:
+    """The addresses of `--to`, each checked as a subscriber's would be."""
+    recipients = []
+    for n, raw in enumerate(addresses, start=1):
+        try:
+            recipients.append(Recipient(n, check_address(raw)))
+        except ValueError as exc:
+            raise InputError(f"--to {raw}: {exc}") from None
+    return recipients
 
 
 def test_send(
@@ -273,12 +322,7 @@ def test_send(
     stop: threading.Event | None = None,
 ) -> Outcome:
     """`[TEST] ` to a few addresses through the real path, recorded nowhere as a delivery."""
-    recipients: list[Recipient | SkippedRow] = []
-    for n, raw in enumerate(addresses, start=1):
-        try:
-            recipients.append(Recipient(n, check_address(raw)))
-        except ValueError as exc:
-            raise InputError(f"--to {raw}: {exc}") from None
+    recipients: list[Recipient | SkippedRow] = list(test_recipients(addresses))
     factory = MessageFactory(prepared.rendered, settings, test=True)
     transports = transport_factory(settings, outbox)
     log.info("test send of %s to %s", prepared.key, ", ".join(addresses))  # once the settings pass

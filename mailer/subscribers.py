@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import functools
+import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,7 +81,10 @@ def check_address(raw: str) -> str:
     """
     local, at, domain = raw.rpartition("@")
     if not (at and _PLAIN_LOCAL.match(local) and len(local) <= 64 and len(raw) <= 254):
-        return _validate(raw)
+        checked = _validate(raw)
+        if len(checked.rpartition("@")[0].encode()) > 64:  # email-validator lets it pass
+            raise ValueError("the part before the @-sign is longer than 64 octets (RFC 5321)")
+        return checked
     normalized, reason = _domain_verdict(domain)
     if reason:
         raise ValueError(reason)
@@ -98,10 +102,14 @@ def read_subscribers(path: Path) -> Iterator[Recipient | SkippedRow]:
         handle = path.open("rb")
     except OSError as exc:
         raise SubscribersError(f"{path}: cannot read the subscriber list: {exc.strerror}") from None
-    reader = csv.reader(_decoded(handle))
+    lines = _Lines(handle)
+    # strict: a quoted value followed by more text, or never closed, is an error, not a guess
+    reader = csv.reader(lines, strict=True)
     try:
         header = next(reader, None)
-    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        if header is not None:
+            lines.check(1, header)
+    except (UnicodeDecodeError, csv.Error, OSError, SubscribersError) as exc:
         handle.close()
         raise SubscribersError(f"{path}: row 1: {_reason(exc)}") from None
     if header is None:
@@ -110,23 +118,116 @@ def read_subscribers(path: Path) -> Iterator[Recipient | SkippedRow]:
     columns = [name.strip().lower() for name in header]
     if "email" not in columns:
         handle.close()
-        raise SubscribersError(f"{path}: no 'email' column in the header row")
-    return _rows(path, handle, reader, columns)
+        raise SubscribersError(f"{path}: no 'email' column in the header row{_separator_hint(header)}")
+    return _rows(path, handle, lines, reader, columns)
 
 
-def _decoded(handle: BinaryIO) -> Iterator[str]:
-    """UTF-8 (with or without a BOM) decoded line by line, so a bad byte is reported on its
-    own row rather than somewhere in an 8 KB chunk."""
-    first = True
-    for line in handle:
-        if first:
-            line = line.removeprefix(codecs.BOM_UTF8)
-            first = False
-        yield line.decode("utf-8")
+def _separator_hint(header: list[str]) -> str:
+    for separator, name in ((";", "semicolon"), ("\t", "tab")):
+        if len(header) == 1 and separator in header[0] and "email" in header[0].lower():
+            return f" (the file looks {name}-separated; save it as comma-separated CSV)"
+    return ""
+
+
+class _Lines:
+    """The file's lines, decoded one at a time, counted, with the raw text of the current
+    record kept so that its quoting can be checked.
+
+    UTF-8 (with or without a BOM) is decoded line by line, so a bad byte is reported on its
+    own row rather than somewhere in an 8 KB chunk. Lines may end in CRLF, LF or, as old
+    spreadsheets on a Mac wrote them, CR alone.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.number = 0  # lines read so far
+        self.record: list[str] = []  # the lines of the record being read
+        head = handle.peek(1 << 16)[: 1 << 16] if isinstance(handle, io.BufferedReader) else b""
+        cr_only = b"\r" in head and b"\n" not in head
+        self._lines = _split_cr(handle) if cr_only else iter(handle)
+        self._first = True
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._lines)
+        if self._first:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+            self._first = False
+        self.number += 1
+        line = raw.decode("utf-8")
+        self.record.append(line)
+        return line
+
+    def start(self) -> int:
+        """A new record begins; returns the number of its first line."""
+        self.record.clear()
+        return self.number + 1
+
+    def check(self, row: int, fields: list[str]) -> None:
+        """Refuse what csv.reader would take silently and wrongly.
+
+        A quote inside a value that is not quoted (`Cy "Smith"`) means the export is broken.
+        A quoted value running over several lines is legitimate (a name with a line break,
+        a notes column), but when a later line of it looks like a row of the list (an address
+        between commas), an unterminated quote has folded other subscribers' rows into one
+        value: they would be dropped, and their addresses shown to the first one.
+        """
+        record = self.record
+        if len(record) == 1 and '"' not in record[0]:
+            return
+        _check_quotes("".join(record))
+        for value in fields:
+            if "\n" in value or "\r" in value:
+                for line in value.splitlines()[1:]:
+                    if _ROW_LIKE.search(line):
+                        raise SubscribersError(
+                            f"a quoted value opened on row {row} runs over {len(record)} lines and "
+                            "swallows what looks like other rows (an unterminated quote?)"
+                        )
+
+
+# A line holding an address as a whole comma-separated field: a row of the list, not a name.
+_ROW_LIKE = re.compile(r'(?:^|,)\s*"?[^\s,"<>@]+@[^\s,"<>@]+\.[^\s,"<>@]+"?\s*(?:,|$)')
+
+
+def _split_cr(handle: BinaryIO) -> Iterator[bytes]:
+    """Lines ended by CR alone, read in chunks (the file's single `line` may be huge)."""
+    rest = b""
+    while chunk := handle.read(1 << 16):
+        parts = (rest + chunk).split(b"\r")
+        rest = parts.pop()
+        for part in parts:
+            yield part + b"\n"
+    if rest:
+        yield rest
+
+
+def _check_quotes(text: str) -> None:
+    """A quote may only open a value (as its first character), close it, or be doubled
+    inside it."""
+    quoted = False
+    at_start = True
+    i, end = 0, len(text)
+    while i < end:
+        char = text[i]
+        if quoted:
+            if char == '"':
+                if text[i + 1 : i + 2] == '"':
+                    i += 1
+                else:
+                    quoted = False
+        elif char == '"':
+            if not at_start:
+                raise SubscribersError("a quote inside a value that is not quoted (quote the value, "
+                                       'and double the quotes inside it: "Cy ""Smith""")')
+            quoted = True
+        at_start = not quoted and char in ",\r\n"
+        i += 1
 
 
 def _rows(
-    path: Path, handle: BinaryIO, reader: Iterator[list[str]], columns: list[str]
+    path: Path, handle: BinaryIO, lines: _Lines, reader: Iterator[list[str]], columns: list[str]
 ) -> Iterator[Recipient | SkippedRow]:
     at_email = columns.index("email")
     at_name = columns.index("name") if "name" in columns else None
@@ -134,10 +235,16 @@ def _rows(
     row = 1
     with handle:
         while True:
+            first_line = lines.start()
             try:
                 fields = next(reader, None)
-            except (UnicodeDecodeError, csv.Error, OSError) as exc:
-                raise SubscribersError(f"{path}: row {row + 1}: {_reason(exc)}") from None
+                if fields is not None:
+                    lines.check(row + 1, fields)
+            except (UnicodeDecodeError, csv.Error, OSError, SubscribersError) as exc:
+                where = f"row {row + 1}" + (f" (line {first_line})" if first_line != row + 1 else "")
+                raise SubscribersError(
+                    f"{path}: {where}: {_reason(exc)}; the whole list is refused, nothing was sent"
+                ) from None
             if fields is None:
                 return
             row += 1
@@ -170,7 +277,23 @@ def _valid_or_empty(raw: str) -> str:
         return ""
 
 
+_CSV_ERRORS = {
+    "unexpected end of data": "a quote is opened and never closed (an unterminated quote)",
+    "new-line character seen in unquoted field": "a line break (CR) inside a value that is not quoted",
+}
+
+
 def _reason(exc: Exception) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return "not UTF-8 text"
-    return f"not valid CSV: {exc}"
+    if isinstance(exc, SubscribersError):
+        return f"not valid CSV: {exc}"
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    text = str(exc)
+    for start, reason in _CSV_ERRORS.items():
+        if text.startswith(start):
+            return f"not valid CSV: {reason}"
+    if "expected after" in text:
+        return "not valid CSV: a quoted value is followed by more text before the next comma"
+    return f"not valid CSV: {text}"

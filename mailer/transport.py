@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mailer.config import EXAMPLE_SECRET, Settings
-from mailer.errors import ConfigError, ConnectFailed, DeliveryError
+from mailer.errors import ConfigError, ConnectFailed, DeliveryError, storage_error
 from mailer.verdicts import (
     AUTH,
     CONNECT,
@@ -459,6 +460,8 @@ class OutboxTransport:
         try:
             temporary.write_bytes(b"Return-Path: <" + sender.encode() + b">\r\n" + message)
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # no use trying the next one: stop
+                raise storage_error(exc, self.folder) from None
             raise DeliveryError(
                 f"cannot write {temporary}: {exc.strerror}", stage=DATA, verdict=Verdict.TRANSIENT
             ) from None

@@ -211,7 +211,7 @@ class UnsubscribeApp:
         """The ledger as a new reader would find it: there, a ledger, of a version we know."""
         try:
             Ledger.check(self.ledger_path)
-        except (sqlite3.Error, LedgerError, OSError) as exc:
+        except (sqlite3.Error, InputError, OSError) as exc:  # LedgerError and a read-only mount
             log.error("healthz: the ledger cannot be read: %s", exc)
             return Reply(503, b"ledger unreadable\n", "text/plain; charset=utf-8")
         return Reply(200, b"ok\n", "text/plain; charset=utf-8")

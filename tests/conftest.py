@@ -65,7 +65,7 @@ def env(tmp_path: Path, smtp: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> di
         "MAILER_RETRY_BASE_SECONDS": "0.01",
         "MAILER_MAX_ATTEMPTS": "3",
         "MAILER_FROM": "The Top Ten <news@example.org>",
-        "MAILER_SECRET": "test-secret",
+        "MAILER_SECRET": "test-secret-16ch",
         "MAILER_UNSUBSCRIBE_URL": "https://example.org/unsubscribe/{token}",
         "MAILER_STATE_DIR": str(tmp_path / "state"),
         "MAILER_ISSUES_DIR": str(tmp_path / "issues"),

@@ -363,7 +363,7 @@ def test_a_forged_or_tampered_token_changes_nothing(env, smtp, issue_file, tmp_p
     assert run(capsys, "send", str(issue_file))[0] == 0
     token = _unsubscribe_link(smtp.recorder.parsed()[0]).rsplit("/", 1)[1]
     address, mac = token.split(".")
-    other_address = make_token("test-secret", "reader9@example.org").split(".")[0]
+    other_address = make_token("test-secret-16ch", "reader9@example.org").split(".")[0]
     last = mac[-1]
     tampered = [
         f"{address}.{mac[:-1]}{'A' if last != 'A' else 'B'}",  # a changed MAC
@@ -436,3 +436,30 @@ def test_an_admin_sees_who_is_missing_and_replay_recovers_everyone(scenario, smt
                                "pending": 0}
     assert body["failures"] == []
     assert body["runs"] == 4
+
+
+def test_report_csv_cells_open_in_a_spreadsheet_as_text(env, smtp, issue_file, tmp_path, capsys):
+    # Names and addresses as a hostile sign-up form leaves them: a spreadsheet must show them,
+    # not evaluate them (CSV formula injection).
+    (tmp_path / "subscribers.csv").write_text(
+        "email,name\n"
+        '=1+1@example.org,"=HYPERLINK(""https://evil.example/"",""click"")"\n'
+        "-x@example.org,@SUM(A1:A9)\n"
+        "+x@example.org,+1\n"
+        "=cmd|' /C calc'!A0,Bad\n",
+        encoding="utf-8",
+    )
+    assert run(capsys, "send", str(issue_file))[0] == 0
+    code, out, _ = run(capsys, "report", str(issue_file), "--csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    cells = [value for row in rows for value in row.values()]
+    assert not [c for c in cells if c and c[0] in "=+-@\t\r"]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["'=HYPERLINK(\"https://evil.example/\",\"click\")"]["email"] == "'=1+1@example.org"
+    assert by_name["'@SUM(A1:A9)"]["email"] == "'-x@example.org"
+    assert by_name["'+1"]["email"] == "'+x@example.org"
+    [skipped] = [r for r in rows if r["status"] == "skipped"]
+    assert skipped["email"] == "'=cmd|' /C calc'!A0"  # shown as written, not run
+    # Numbers stay numbers, and a cell that is text anyway is left alone.
+    assert {r["attempts"] for r in rows} <= {"0", "1"}

@@ -126,12 +126,12 @@ def test_a_damaged_message_never_raises(path: Path) -> None:
         damaged = bytearray(raw[:cut] + junk + raw[cut + 3:])
         for _ in range(3):
             damaged[rng.randrange(len(damaged))] = rng.choice(b"\x00\xff;:<>@\r\n-")
-        finding = classify(bytes(damaged), secret="test-secret", unsubscribe_to="unsub@example.org")
+        finding = classify(bytes(damaged), secret="test-secret-16ch", unsubscribe_to="unsub@example.org")
         assert finding.kind in ("hard", "soft", "complaint", "unsubscribe", "other")
 
 
 def test_a_mailed_unsubscribe_needs_a_genuine_token_sent_to_the_unsubscribe_address() -> None:
-    token = make_token("test-secret", "ann@example.org")
+    token = make_token("test-secret-16ch", "ann@example.org")
 
     def mail(to: str, subject: str, body: str = "", auto: str = "") -> bytes:
         extra = f"Auto-Submitted: {auto}\n" if auto else ""
@@ -139,7 +139,7 @@ def test_a_mailed_unsubscribe_needs_a_genuine_token_sent_to_the_unsubscribe_addr
                 f"{extra}\n{body}\n").encode()
 
     def kind(raw: bytes) -> tuple[str, list[str]]:
-        f = classify(raw, secret="test-secret", unsubscribe_to="unsub@example.org")
+        f = classify(raw, secret="test-secret-16ch", unsubscribe_to="unsub@example.org")
         return f.kind, f.recipients
 
     assert kind(mail("unsub@example.org", f"unsubscribe {token}")) == ("unsubscribe", ["ann@example.org"])
@@ -286,7 +286,7 @@ def test_a_send_a_hard_bounce_then_the_next_issue_skips_the_address(
 
 def test_a_mailed_unsubscribe_is_honoured(sent, tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("MAILER_UNSUBSCRIBE_MAILTO", "unsub@example.org")
-    token = make_token("test-secret", "bob@example.net")
+    token = make_token("test-secret-16ch", "bob@example.net")
     raw = (f"From: bob@example.net\nTo: unsub@example.org\nSubject: unsubscribe {token}\n"
            "Message-ID: <u1@example.net>\n\n").encode()
     body = inbox_json(capsys, str(maildir(tmp_path / "b", [raw])))
@@ -412,7 +412,7 @@ def test_without_an_unsubscribe_address_only_the_subject_is_read(sent, smtp, tmp
     """A copy of the newsletter itself (forwarded, or a returned copy) carries the reader's
     token in its footer: it unsubscribes no one."""
     copy = smtp.recorder.messages[0][2]
-    token = make_token("test-secret", "bob@example.net")
+    token = make_token("test-secret-16ch", "bob@example.net")
     asked = (f"From: bob@example.net\nTo: news@example.org\nSubject: unsubscribe {token}\n"
              "Message-ID: <u2@example.net>\n\n").encode()
     body = inbox_json(capsys, str(maildir(tmp_path / "b", [copy, asked])))
@@ -428,9 +428,9 @@ def test_the_verp_address_fits_a_local_part_at_the_longest_bounce_address_allowe
     local = "b" * 38
     monkeypatch.setenv("MAILER_BOUNCE_ADDRESS", f"{local}@example.org")
     assert run(capsys, "config")[0] == 0
-    sender = envelope_sender(f"{local}@example.org", "test-secret", ISSUE, "Ann.Long.Name@Example.org")
+    sender = envelope_sender(f"{local}@example.org", "test-secret-16ch", ISSUE, "Ann.Long.Name@Example.org")
     assert len(sender.partition("@")[0]) == 64
-    same = envelope_sender(f"{local}@example.org", "test-secret", ISSUE, "ann.long.name@example.org")
+    same = envelope_sender(f"{local}@example.org", "test-secret-16ch", ISSUE, "ann.long.name@example.org")
     assert sender == same
     monkeypatch.setenv("MAILER_BOUNCE_ADDRESS", f"{local}b@example.org")
     assert run(capsys, "config")[0] == 2

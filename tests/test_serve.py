@@ -439,7 +439,7 @@ def test_an_unsubscribe_during_a_send_is_honoured_from_that_moment(env, smtp, is
     write_subscribers(tmp_path / "subscribers.csv", count)
     smtp.recorder.delay = 0.01  # about 100 messages/s per connection at best
     state = Path(env["MAILER_STATE_DIR"])
-    serve_env = dict(os.environ, MAILER_SECRET="test-secret")  # the `env` fixture's settings
+    serve_env = dict(os.environ, MAILER_SECRET="test-secret-16ch")  # the `env` fixture's settings
     served = start_serve(tmp_path, serve_env) if how == "one-click POST" else None
     send = subprocess.Popen([sys.executable, "-m", "mailer", "send", str(issue_file)], cwd=tmp_path,
                             env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -451,7 +451,7 @@ def test_an_unsubscribe_during_a_send_is_honoured_from_that_moment(env, smtp, is
             time.sleep(0.05)
         target = f"reader{sum(smtp.recorder.received().values()) + 200}@example.org"
         if served is not None:
-            response = served.one_click(served.path_of(make_token("test-secret", target)))
+            response = served.one_click(served.path_of(make_token("test-secret-16ch", target)))
             assert response.status == 200
             assert response.seconds < 1.0, response.seconds  # the send does not hold it up
         else:
@@ -472,3 +472,26 @@ def test_an_unsubscribe_during_a_send_is_honoured_from_that_moment(env, smtp, is
     rows = ledger_rows(state, ISSUE)
     assert rows[target]["status"] == "suppressed"
     assert f"{target}: on the suppression list since the run started; not sent" in err
+
+
+def test_a_health_check_leaves_the_ledger_shared_and_whole(served, tmp_path):
+    """Reading the ledger's header with a file handle of its own, then closing it, dropped every
+    POSIX lock SQLite held on the file in that process: the next command to close the ledger
+    deleted the WAL under the server, whose unsubscribes then went nowhere, and later corrupted
+    the file."""
+    env = child_env(tmp_path)
+    assert served.request("GET", "/healthz").status == 200
+    for command in (["suppressed"], ["unsubscribe", "bob@example.org"]):  # commands meanwhile
+        subprocess.run([sys.executable, "-m", "mailer", *command], env=env, cwd=tmp_path,
+                       check=True, capture_output=True)
+    assert served.one_click(served.url()).status == 200
+    expected = {"bob@example.org": "unsubscribed", ADDRESS: "unsubscribed"}
+    assert suppressions(served.state) == expected  # seen by another process
+    assert served.request("GET", "/healthz").status == 200
+    assert served.stop() == 0
+    db = sqlite3.connect(served.state / "ledger.sqlite3")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert dict(db.execute("SELECT key, reason FROM suppressions")) == expected
+    finally:
+        db.close()

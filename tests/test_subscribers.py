@@ -242,3 +242,72 @@ def test_a_bad_header_is_refused_when_the_list_is_opened(tmp_path):
     # The header is checked at once, before any row is wanted, so a send fails early.
     with pytest.raises(SubscribersError):
         read_subscribers(write_csv(tmp_path / "list.csv", "name\nAnn\n"))
+
+
+# -- broken quoting: the whole list refused, never folded ----------------------------------
+
+
+BROKEN_QUOTING = {
+    # a stray opening quote with no closing one: every later row would join Cy's name
+    "unterminated": ('email,name\nann@example.org,Ann\ncy@example.org,"Cy Smith\n'
+                     "dee@example.org,Dee\neve@example.org,Eve\n", 3),
+    # closed by a stray quote further down: the rows between would be folded into one name
+    "closed-later": ('email,name\nann@example.org,Ann\ncy@example.org,"Cy Smith\n'
+                     'dee@example.org,Dee\neve@example.org,Eve"\nfay@example.org,Fay\n', 3),
+    "quote-in-unquoted": ('email,name\nann@example.org,Ann\ncy@example.org,Cy "Smith" x\n'
+                          "dee@example.org,Dee\n", 3),
+    "text-after-closing-quote": ('email,name\nann@example.org,Ann\ndee@example.org,Dee\n'
+                                 'cy@example.org,"Cy" Smith\n', 4),
+    "unterminated-in-header": ('email,"name\nann@example.org,Ann\n', 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_QUOTING))
+def test_broken_quoting_refuses_the_whole_list_naming_the_row(case, tmp_path):
+    text, row = BROKEN_QUOTING[case]
+    path = write_csv(tmp_path / "list.csv", text)
+    with pytest.raises(SubscribersError) as caught:
+        rows_of(path)
+    message = str(caught.value)
+    assert f"row {row}" in message and "not valid CSV" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("command", [["--dry-run"], []])
+def test_an_unterminated_quote_sends_nothing_and_shows_no_one_the_others(
+    command, env, smtp, issue_file, tmp_path, capsys
+):
+    text, _row = BROKEN_QUOTING["closed-later"]
+    csv = write_csv(tmp_path / "list.csv", text)
+    code = main(["send", str(issue_file), "--subscribers", str(csv), *command])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "row 3" in err and "list.csv" in err
+    assert "dee@example.org" not in out + err  # nobody's address in the others' plan or error
+    assert smtp.recorder.messages == [] and smtp.recorder.connections == 0
+    state = Path(env["MAILER_STATE_DIR"])
+    assert not (state / "ledger.sqlite3").exists() or ledger_rows(state, ISSUE) == {}
+
+
+def test_a_quoted_name_with_a_line_break_is_still_one_subscriber(tmp_path):
+    path = write_csv(tmp_path / "list.csv",
+                     'email,name,notes\nann@example.org,"Ann\nSmith","met at the fair,\n2024"\n'
+                     '"b@example.org","Bob ""The Builder"""\n')
+    assert rows_of(path) == [Recipient(2, "ann@example.org", "Ann Smith"),
+                             Recipient(3, "b@example.org", 'Bob "The Builder"')]
+
+
+def test_a_file_with_cr_line_ends_only_is_read(tmp_path):
+    # Excel for the Mac of old wrote CR alone at the end of each line.
+    path = tmp_path / "list.csv"
+    path.write_bytes(b'email,name\rann@example.org,Ann\rbob@example.org,"Bob\rBrown"\rcy@example.org,Cy\r')
+    assert rows_of(path) == [Recipient(2, "ann@example.org", "Ann"),
+                             Recipient(3, "bob@example.org", "Bob Brown"),
+                             Recipient(4, "cy@example.org", "Cy")]
+
+
+@pytest.mark.parametrize(("separator", "word"), [(";", "semicolon"), ("\t", "tab")])
+def test_a_list_separated_otherwise_says_so(separator, word, tmp_path):
+    path = write_csv(tmp_path / "list.csv", f"email{separator}name\nann@example.org{separator}Ann\n")
+    with pytest.raises(SubscribersError, match=f"{word}-separated"):
+        rows_of(path)

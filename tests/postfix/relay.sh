@@ -4,7 +4,8 @@
 # under DIR/mail, and every other transport is `error:`.
 #
 #   relay.sh start DIR BASEPORT   configure DIR and start (needs root and Debian's postfix)
-#   relay.sh stop DIR             stop it and forget DIR
+#   relay.sh stop DIR             stop it
+# As root, `postfix -c DIR` needs no entry in the system's main.cf: nothing outside DIR changes.
 #
 # Listeners (all on 127.0.0.1), BASEPORT + n:
 #   0 plain          no TLS, no AUTH
@@ -25,21 +26,6 @@ USER_NAME=mailer
 PASSWORD=${RELAY_PASSWORD:-relay-test-password}
 
 die() { echo "relay.sh: $*" >&2; exit 1; }
-
-register() {  # postfix -c DIR needs DIR listed in the default instance's main.cf
-    local etc=$1 current
-    touch /etc/postfix/main.cf
-    current=$(postconf -h alternate_config_directories 2>/dev/null || true)
-    case " $current " in *" $etc "*) return ;; esac
-    postconf -e "alternate_config_directories = ${current:+$current }$etc"
-}
-
-unregister() {
-    local etc=$1 current kept=""
-    current=$(postconf -h alternate_config_directories 2>/dev/null || true)
-    for d in $current; do [ "$d" = "$etc" ] || kept="${kept:+$kept }$d"; done
-    postconf -e "alternate_config_directories = $kept"
-}
 
 start() {
     local dir base etc
@@ -188,12 +174,11 @@ EOF
 
     chown -R 65534:65534 "$dir/mail"
     chown postfix "$dir/data"
-    register "$etc"
     postfix -c "$etc" check >/dev/null 2>&1 || postfix -c "$etc" check
     postfix -c "$etc" start 2>&1 | grep -v 'starting the Postfix mail system' >&2 || true
-    # Wait for the listeners.
+    # Wait for the listeners (up to 30 s: a busy machine starts Postfix's daemons slowly).
     local n
-    for n in $(seq 1 100); do
+    for n in $(seq 1 300); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$base") 2>/dev/null; then
             echo "relay started: 127.0.0.1:$base..$((base + 6)), mail in $dir/mail"
             return 0
@@ -207,7 +192,6 @@ stop() {
     local dir etc
     dir=$(realpath "$1"); etc=$dir/etc
     postfix -c "$etc" stop >/dev/null 2>&1 || true
-    unregister "$etc"
 }
 
 case "${1:-}" in
