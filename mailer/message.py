@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -31,9 +32,16 @@ SOFT_BREAK = b"=\r\n"
 MAX_LINE = 76  # RFC 2045 6.7: encoded lines are at most 76 characters
 
 
+# A value quoted-printable leaves as it is: printable ASCII without "=", no white space at
+# either end, not starting with ".", one line of at most 75 characters (76 with the soft break).
+_QP_AS_IS = re.compile(r"[!-\-/-<>-~](?:[ !-<>-~]{0,73}[!-<>-~])?")
+
+
 def qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends, ending in a line break (soft if need be), and no
     line starting with "." (written "=2E"), so that SMTP has nothing to dot-stuff."""
+    if text.isascii() and _QP_AS_IS.fullmatch(text):
+        return text.encode("ascii") + SOFT_BREAK  # what the encoding below makes of it, sooner
     encoded = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
     encoded = encoded.replace(b"\n", CRLF)
     if encoded and not encoded.endswith(CRLF):
@@ -109,6 +117,9 @@ def encode_header(name: str, value: str) -> bytes:
 
 
 CRLF_SPACE = "\r\n "
+# A display name `formataddr` would write as it is: no character that needs quoting, and
+# nothing `_plain` refuses ("=?").
+_ATOMS = re.compile(r"[A-Za-z0-9 '_+-]+")
 
 
 def address_header(name: str, display: str, email: str) -> bytes:
@@ -117,9 +128,14 @@ def address_header(name: str, display: str, email: str) -> bytes:
     display = display.strip()  # white space around a name is no part of it, to any reader
     if not display:
         return f"{name}: {email}\r\n".encode("ascii")
+    if len(display) <= MAX_HEADER_LINE - len(name) - len(email) - 8 and _ATOMS.fullmatch(display):
+        return f"{name}: {display} <{email}>\r\n".encode("ascii")  # as formataddr, sooner
     if _plain(display, MAX_HEADER_LINE - len(name) - len(email) - 8):
         return f"{name}: {formataddr((display, email))}\r\n".encode("ascii")
     return f"{name}: {CRLF_SPACE.join(encoded_words(display))}{CRLF_SPACE}<{email}>\r\n".encode("ascii")
+
+
+_HTML_SPECIAL = re.compile(r"[&<>\"']")  # what markupsafe's escape changes
 
 
 @dataclass(frozen=True)
@@ -134,18 +150,20 @@ class _EncodedBody:
             parts.append(qp(part) if i % 2 == 0 else part)
         return cls(tuple(parts), body.escape_values)
 
-    def fill(self, values: Mapping[str, str], out: list[bytes], done: dict[tuple[str, bool], bytes]) -> None:
+    def fill(self, values: Mapping[str, str], out: list[bytes], done: dict[str, bytes]) -> None:
         """Append the encoded parts, with this recipient's values, to `out`; `done` keeps the
-        values already encoded, as a slot may appear several times in both parts."""
+        values already encoded (a slot may appear several times in both parts, and a value
+        with nothing to escape is the same in both)."""
         for part in self.parts:
             if isinstance(part, bytes):
                 out.append(part)
                 continue
-            encoded = done.get((part, self.escape_values))
+            value = values[part]
+            if self.escape_values and _HTML_SPECIAL.search(value):
+                value = str(escape(value))
+            encoded = done.get(value)
             if encoded is None:
-                value = values[part]
-                encoded = qp(str(escape(value)) if self.escape_values else value)
-                done[(part, self.escape_values)] = encoded
+                encoded = done[value] = qp(value)
             out.append(encoded)
 
 
@@ -216,7 +234,7 @@ class MessageFactory:
             self._head,
             self._text_open,
         ]
-        done: dict[tuple[str, bool], bytes] = {}
+        done: dict[str, bytes] = {}
         self._text.fill(values, out, done)
         out.append(self._html_open)
         self._html.fill(values, out, done)
