@@ -201,20 +201,23 @@ class MessageFactory:
         self._close = CRLF + b"--" + b + b"--" + CRLF
         self._list_id = settings.list_id_header
         self._date = (0, b"")
+        self._issue_date = str(self.issue.date)
+        # `from_address` parses MAILER_FROM at each call: once per run is enough
+        self._from_address = settings.from_address
 
     def message_id(self, email: str) -> str:
         """The same for the same issue and recipient, so that a resend can be recognised."""
-        digest = message_id_digest(self._list_id, str(self.issue.date), email)
+        digest = message_id_digest(self._list_id, self._issue_date, email)
         if self.test:
             digest = f"test.{secrets.token_hex(8)}"
-        return f"<{self.issue.date}.{digest}@{self.domain}>"
+        return f"<{self._issue_date}.{digest}@{self.domain}>"
 
     def envelope_sender(self, email: str) -> str:
         """`MAIL FROM`: the VERP address naming this issue and recipient when
         `$MAILER_BOUNCE_ADDRESS` is set (never for a test send), else `$MAILER_FROM`'s address."""
         if not self.settings.bounce_address or self.test:
-            return self.settings.from_address
-        return envelope_sender(self.settings.bounce_address, self.secret, str(self.issue.date), email)
+            return self._from_address
+        return envelope_sender(self.settings.bounce_address, self.secret, self._issue_date, email)
 
     def build(self, recipient: Recipient) -> bytes:
         email = recipient.email
