@@ -435,12 +435,16 @@ class Ledger:
 
     def apply_suppressions(self, issue: str, *, except_bounces: bool = False) -> int:
         """Pending rows whose address is now on the suppression list are not sent (a bounce
-        excepted for `replay --permanent`, whose point is to try those again)."""
+        excepted for `replay --permanent`, whose point is to try those again). A failed row
+        whose reader has since unsubscribed or complained is no longer owed the issue: it
+        becomes suppressed too, else every later run of the issue would end in exit 1."""
         with self.lock:
             cursor = self.db.execute(
-                "UPDATE deliveries SET status='suppressed', updated_at=? WHERE issue=? AND "
-                "status='pending' AND EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key "
-                "AND (s.reason != 'bounced' OR NOT ?))",
+                "UPDATE deliveries SET status='suppressed', updated_at=? WHERE issue=? AND ("
+                "(status='pending' AND EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key "
+                "AND (s.reason != 'bounced' OR NOT ?))) OR "
+                "(status='failed' AND EXISTS (SELECT 1 FROM suppressions s WHERE s.key = deliveries.key "
+                "AND s.reason IN ('unsubscribed', 'complained'))))",
                 (now(), issue, int(except_bounces)),
             )
         return cursor.rowcount

@@ -191,3 +191,19 @@ def test_addresses_unsubscribed_and_then_taken_out_of_the_list_are_not_missed(
     listing.write_text("\n".join([lines[0], *lines[6:]]) + "\n", encoding="utf-8")  # their rows gone
     assert main(["send", str(issue_file)]) == 0
     assert smtp.recorder.received() == {f"reader{n}@example.org": 1 for n in range(5, 30)}
+
+
+def test_a_failed_reader_who_unsubscribes_is_no_longer_owed_the_issue(env, smtp, issue_file, tmp_path):
+    """Refused (5.7.1, not suppressed), then unsubscribed: later runs of the issue end in 0,
+    not in exit 1 for ever, and nobody is sent anything more."""
+    write_subscribers(tmp_path / "subscribers.csv", 12)
+    smtp.recorder.scripts = {"reader3@example.org": ["rcpt:554"]}
+    assert main(["send", str(issue_file)]) == 1
+    assert ledger_rows(tmp_path / "state", "2026-11-24")["reader3@example.org"]["status"] == "failed"
+    assert main(["unsubscribe", "reader3@example.org"]) == 0
+    received = sum(smtp.recorder.received().values())
+    assert main(["send", str(issue_file)]) == 0
+    assert main(["replay", str(issue_file), "--permanent"]) == 0
+    assert sum(smtp.recorder.received().values()) == received
+    row = ledger_rows(tmp_path / "state", "2026-11-24")["reader3@example.org"]
+    assert row["status"] == "suppressed" and row["last_code"] == 554
