@@ -28,7 +28,6 @@ import contextlib
 import copy
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -55,25 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def free_port_run(count: int) -> int:
-    """A port with `count` free ports from it, on loopback (the relay listens on several)."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        sockets = []
-        try:
-            for n in range(count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + n))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise SystemExit("bench: no run of free ports on loopback")
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
@@ -294,7 +274,10 @@ def postfix_relay() -> Iterator[PostfixRelay]:
     base = Path(tempfile.mkdtemp(prefix="mailer-bench-relay-"))
     base.chmod(0o755)
     env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"}
-    port = free_port_run(7)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from relay import PORTS, free_port_run  # the test relay's own port picker
+
+    port = free_port_run(len(PORTS))
     started = subprocess.run(
         [str(RELAY_SCRIPT), "start", str(base), str(port)], capture_output=True, text=True, env=env
     )

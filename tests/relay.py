@@ -31,8 +31,8 @@ RATE_UNIT = 10
 PASSWORD = "relay-test-password"
 
 
-def _free_base(count: int) -> int:
-    """A port number with `count` free ports from it, on loopback."""
+def free_port_run(count: int) -> int:
+    """A port number with `count` free ports from it, on loopback (also used by bench/run.py)."""
     for _ in range(200):
         base = random.randrange(20000, 60000 - count)
         sockets = []
@@ -180,7 +180,7 @@ def postfix() -> Iterator[Relay]:
     env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"}
     env["RELAY_RATE"], env["RELAY_PASSWORD"] = str(RATE), PASSWORD
     started = subprocess.run(
-        [str(SCRIPT), "start", str(base_dir), str(_free_base(len(PORTS)))],
+        [str(SCRIPT), "start", str(base_dir), str(free_port_run(len(PORTS)))],
         capture_output=True, text=True, env=env,
     )
     if started.returncode != 0:
