@@ -9,6 +9,8 @@
 # DIR/home/returns/Maildir; the test CA is DIR/tls/ca.pem, the certificate is for localhost
 # and 127.0.0.1; the log is DIR/dovecot.log.
 set -euo pipefail
+# shellcheck source=../listening.sh
+. "$(dirname "$0")/../listening.sh"
 
 USER_NAME=returns
 PASSWORD=${IMAP_PASSWORD:-imap-test-password}
@@ -89,15 +91,8 @@ service stats {
 EOF
     # The master stays in the background: it must not hold the caller's output open.
     /usr/sbin/dovecot -c "$dir/dovecot.conf" </dev/null >/dev/null 2>>"$dir/dovecot.log"
-    local n
-    for n in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "imap started: 127.0.0.1:$port, mail in $dir/home/$USER_NAME/Maildir"
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "dovecot did not start listening on 127.0.0.1:$port (see $dir/dovecot.log)"
+    wait_listening "$port" || die "dovecot did not start listening on 127.0.0.1:$port (see $dir/dovecot.log)"
+    echo "imap started: 127.0.0.1:$port, mail in $dir/home/$USER_NAME/Maildir"
 }
 
 stop() {

@@ -20,6 +20,8 @@
 # accepted then bounced (DSN to the envelope sender); slow* accepted then deferred (delay
 # warnings); bounces* into Maildir "bounces"; anything else into Maildir "all".
 set -euo pipefail
+# shellcheck source=../listening.sh
+. "$(dirname "$0")/../listening.sh"
 
 RATE=${RELAY_RATE:-20}
 USER_NAME=mailer
@@ -176,16 +178,8 @@ EOF
     chown postfix "$dir/data"
     postfix -c "$etc" check >/dev/null 2>&1 || postfix -c "$etc" check
     postfix -c "$etc" start 2>&1 | grep -v 'starting the Postfix mail system' >&2 || true
-    # Wait for the listeners (up to 30 s: a busy machine starts Postfix's daemons slowly).
-    local n
-    for n in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$base") 2>/dev/null; then
-            echo "relay started: 127.0.0.1:$base..$((base + 6)), mail in $dir/mail"
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "postfix did not start listening on 127.0.0.1:$base (see $dir/maillog)"
+    wait_listening "$base" || die "postfix did not start listening on 127.0.0.1:$base (see $dir/maillog)"
+    echo "relay started: 127.0.0.1:$base..$((base + 6)), mail in $dir/mail"
 }
 
 stop() {
