@@ -16,13 +16,13 @@ import random
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import pytest
+from servers import require, started
 
 SCRIPT = Path(__file__).resolve().parent / "postfix" / "relay.sh"
 PORTS = ("plain", "auth", "ratelimit", "connlimit", "reject_sender", "reject_all", "reject_sender_late")
@@ -91,18 +91,6 @@ class Relay:
         found = [p for sub in ("new", "cur") if (folder / sub).is_dir() for p in (folder / sub).iterdir()]
         return sorted(found)
 
-    def delivered(self, address: str) -> int:
-        """How many messages reached `address` (by the Delivered-To header Postfix adds)."""
-        wanted = address.lower()
-        count = 0
-        for box in ("all", "bounces"):
-            for path in self.messages(box):
-                with path.open("rb") as f:
-                    headers = BytesHeaderParser().parse(f)
-                if any(v.strip().lower() == wanted for v in headers.get_all("Delivered-To", [])):
-                    count += 1
-        return count
-
     def delivered_count(self) -> dict[str, int]:
         """Every address delivered to in Maildir "all", with its number of copies."""
         counts: dict[str, int] = {}
@@ -168,28 +156,9 @@ def _unavailable() -> str | None:
 @pytest.fixture(scope="session")
 def postfix() -> Iterator[Relay]:
     """One private Postfix instance for the whole test session."""
-    reason = _unavailable()
-    if reason is not None:
-        if os.environ.get("MAILER_REQUIRE_RELAY") == "1":
-            pytest.fail(f"{reason} (MAILER_REQUIRE_RELAY=1)")
-        pytest.skip(reason)
-    # Not under pytest's own temporary folder: its parents are private to root, and the
-    # virtual delivery agent runs as nobody and must traverse down to the Maildirs.
-    base_dir = Path(tempfile.mkdtemp(prefix="mailer-relay-"))
-    base_dir.chmod(0o755)
+    require(_unavailable(), "MAILER_REQUIRE_RELAY")
     env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"}
     env["RELAY_RATE"], env["RELAY_PASSWORD"] = str(RATE), PASSWORD
-    started = subprocess.run(
-        [str(SCRIPT), "start", str(base_dir), str(free_port_run(len(PORTS)))],
-        capture_output=True, text=True, env=env,
-    )
-    if started.returncode != 0:
-        shutil.rmtree(base_dir, ignore_errors=True)
-        pytest.fail(f"the Postfix relay did not start: {started.stderr.strip()}")
-    base_port = int(started.stdout.split("127.0.0.1:")[1].split("..")[0])
-    relay = Relay(base_dir, base_port)
-    try:
-        yield relay
-    finally:
-        subprocess.run([str(SCRIPT), "stop", str(base_dir)], capture_output=True, env=env)
-        shutil.rmtree(base_dir, ignore_errors=True)
+    base_port = free_port_run(len(PORTS))
+    with started(SCRIPT, "Postfix relay", "mailer-relay-", str(base_port), env=env) as base_dir:
+        yield Relay(base_dir, base_port)

@@ -11,15 +11,14 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import ssl
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from servers import require, started
+from smtpserver import free_port
 from test_inbox import FORMATS, SUBSCRIBERS, fill, run, sent_ids, suppressions, write_list
 
 SCRIPT = Path(__file__).resolve().parent / "dovecot" / "imap.sh"
@@ -86,12 +85,6 @@ class ImapServer:
             client.logout()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _unavailable() -> str | None:
     if os.geteuid() != 0:
         return "the test IMAP server needs root"
@@ -104,26 +97,11 @@ def _unavailable() -> str | None:
 
 @pytest.fixture(scope="module")
 def dovecot() -> Iterator[ImapServer]:
-    reason = _unavailable()
-    if reason is not None:
-        if os.environ.get("MAILER_REQUIRE_IMAP") == "1":
-            pytest.fail(f"{reason} (MAILER_REQUIRE_IMAP=1)")
-        pytest.skip(reason)
-    # Not under pytest's temporary folder: its parents are private to root, and Dovecot's
-    # mail processes run as nobody.
-    base = Path(tempfile.mkdtemp(prefix="mailer-imap-"))
-    base.chmod(0o755)
-    port = _free_port()
-    started = subprocess.run([str(SCRIPT), "start", str(base), str(port)], capture_output=True, text=True,
-                             env={**os.environ, "IMAP_PASSWORD": PASSWORD})
-    if started.returncode != 0:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"the IMAP server did not start: {started.stderr.strip()}")
-    try:
+    require(_unavailable(), "MAILER_REQUIRE_IMAP")
+    port = free_port()
+    with started(SCRIPT, "IMAP server", "mailer-imap-", str(port),
+                 env={**os.environ, "IMAP_PASSWORD": PASSWORD}) as base:
         yield ImapServer(base, port)
-    finally:
-        subprocess.run([str(SCRIPT), "stop", str(base)], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -218,7 +196,7 @@ def test_an_imap_mailbox_that_cannot_be_read_is_one_line_and_exit_2(
     elif fault == "untrusted":
         monkeypatch.delenv("SSL_CERT_FILE")  # the test CA is trusted by nothing else
     else:
-        monkeypatch.setenv("MAILER_INBOX_IMAP_PORT", str(_free_port()))
+        monkeypatch.setenv("MAILER_INBOX_IMAP_PORT", str(free_port()))
     code, out, err = run(capsys, "inbox")
     assert code == 2 and out == ""
     lines = err.splitlines()
