@@ -39,7 +39,9 @@ from mailer.verdicts import (
 )
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9@._+-]")
-_UNUSUAL_SPACE = re.compile(rb"[\t\n\r\x0b\x0c]|  ")  # what `_text` would change in a reply
+# What `_text` would change in an ASCII reply: str.split()'s other whitespace, runs of spaces,
+# and a space at either end.
+_UNUSUAL_SPACE = re.compile(rb"[\t\n\r\x0b\x0c\x1c-\x1f]|  |^ | $")
 _MAX_REPLY = 65536  # bytes of a reply line not yet ended: more is not a server speaking SMTP
 _SETTING_FOR_STAGE = {
     AUTH: "MAILER_SMTP_USER and MAILER_SMTP_PASSWORD",
@@ -374,13 +376,13 @@ class SMTPTransport:
                 raise self._refused(stage, code, text)
             replies.append((code, text))
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
-        rcpt_stage = answered_stage(RCPT, _text(rcpt_text), sender, recipient)
         if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
             self._command(b".\r\n")  # a server that said 354 anyway gets an empty message ended
         if mail_code != 250:
             raise self._refused(MAIL, mail_code, mail_text)
-        if rcpt_code not in (250, 251):
-            raise self._refused(rcpt_stage, rcpt_code, rcpt_text)
+        if rcpt_code not in (250, 251):  # whose fault is read only when refused, not per message
+            stage = answered_stage(RCPT, _text(rcpt_text), sender, recipient)
+            raise self._refused(stage, rcpt_code, rcpt_text)
         if data_code != 354:
             raise self._refused(DATA, data_code, data_text)
 
@@ -428,8 +430,6 @@ class SMTPTransport:
             ) from None
         if code != 250:
             raise self._refused(DOT, code, text)
-        if text.isascii() and not _UNUSUAL_SPACE.search(text):
-            return f"{code} {text.decode('ascii')}"  # the usual reply: as `_text` would make it
         return f"{code} {_text(text)}"
 
 
@@ -488,6 +488,9 @@ def _scrub(text: str, secret: str | None) -> str:
 
 
 def _text(reply: bytes | str) -> str:
+    """A reply's text on one line, its whitespace runs made single spaces."""
     if isinstance(reply, bytes):
+        if reply.isascii() and not _UNUSUAL_SPACE.search(reply):
+            return reply.decode("ascii")  # the usual reply, with nothing to change: no second pass
         reply = reply.decode("utf-8", "replace")
     return " ".join(reply.split())
