@@ -175,6 +175,8 @@ class Delivery:
         self.factory = factory
         self.transports = transports
         self.settings = settings
+        # The work queue holds up to _full jobs; at half of it the feeder fills it again.
+        self._full = 256 * settings.smtp_connections
         self.sender = settings.from_address
         self.stop = stop
         self.tally = tally or Tally()
@@ -205,11 +207,10 @@ class Delivery:
     def _feed(self) -> None:
         """Fill the queue from the ledger; when full, wait until it is half empty, so the
         feeder wakes once per few hundred messages rather than once per message."""
-        limit = 256 * self.settings.smtp_connections
         for recipient, attempts in self.ledger.pending(self.issue, plan=self.plan):
             with self._cond:
-                if len(self._queue) >= limit:
-                    while len(self._queue) > limit // 2 and not self._stopping():
+                if len(self._queue) >= self._full:
+                    while len(self._queue) > self._full // 2 and not self._stopping():
                         self._room.wait(0.5)
                 if self._stopping():
                     break
@@ -256,9 +257,7 @@ class Delivery:
                     wait = self._retries[0].due - now if self._retries else 1.0
                     self._cond.wait(min(wait, 1.0))
                     continue
-                self._busy += 1
-                if len(self._queue) == 128 * self.settings.smtp_connections:
-                    self._room.notify()  # half empty: time for the feeder to fill it again
+                self._taken()
                 return job
 
     def _finish(self, retry: _Job | None = None) -> None:
@@ -374,10 +373,16 @@ class Delivery:
         with self._lock:
             if not self._queue or self._stopping():
                 return None
-            self._busy += 1
-            if len(self._queue) == 128 * self.settings.smtp_connections + 1:
-                self._room.notify()  # half empty: time for the feeder to fill it again
-            return self._queue.popleft()
+            job = self._queue.popleft()
+            self._taken()
+            return job
+
+    def _taken(self) -> None:
+        """A job was just taken (the lock held): it is busy now, and when the queue is down to
+        half, the feeder is woken to fill it again."""
+        self._busy += 1
+        if len(self._queue) == self._full // 2:
+            self._room.notify()
 
     def _open(self, transport: Transport) -> bool:
         """Open this connection; the run's first opens alone, so that a refused login or
