@@ -75,6 +75,7 @@ class Resolver:
         self.list_id = settings.list_id_header
         self._verp: dict[str, dict[str, str]] = {}  # issue -> {mac: address}
         self._ids: dict[str, dict[str, str]] = {}  # issue -> {digest: address}
+        self._sent: dict[str, list[str]] = {}  # issue -> the addresses it went to
 
     def about(self, finding: Finding) -> tuple[str | None, str | None]:
         for token in finding.verp:
@@ -97,15 +98,19 @@ class Resolver:
         if not self.secret:
             return {}
         if issue not in self._verp:
-            self._verp[issue] = {mac(self.secret, issue, a): a for a in self.ledger.delivered_to(issue)}
+            self._verp[issue] = {mac(self.secret, issue, a): a for a in self._sent_to(issue)}
         return self._verp[issue]
 
     def _id_map(self, issue: str) -> dict[str, str]:
         if issue not in self._ids:
-            self._ids[issue] = {
-                message_id_digest(self.list_id, issue, a): a for a in self.ledger.delivered_to(issue)
-            }
+            self._ids[issue] = {message_id_digest(self.list_id, issue, a): a for a in self._sent_to(issue)}
         return self._ids[issue]
+
+    def _sent_to(self, issue: str) -> list[str]:
+        """The addresses an issue went to, read from the ledger once per issue for both maps."""
+        if issue not in self._sent:
+            self._sent[issue] = list(self.ledger.delivered_to(issue))
+        return self._sent[issue]
 
 
 class Inbox:
