@@ -325,8 +325,6 @@ def load_settings(env_file: Path | None = None, environ: Mapping[str, str] | Non
             raw[name] = value if name in VERBATIM_FIELDS else value.strip()
     try:
         return Settings.model_validate(raw)
-    except ConfigError:
-        raise
     except ValidationError as exc:
         lines = []
         for error in exc.errors():

@@ -98,7 +98,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 
 
 def check_smtp_settings(settings: Settings) -> None:
-    """Refuse, before any connection, settings that would leak credentials or cannot work."""
+    """Refuse, before any connection, settings that would leak credentials, cannot work, or
+    would make unsubscribe links that can be forged (`Settings.check_real_send`)."""
     settings.require("smtp_host")
     if settings.secret == EXAMPLE_SECRET:
         raise ConfigError(
@@ -113,6 +114,7 @@ def check_smtp_settings(settings: Settings) -> None:
             "MAILER_SMTP_SECURITY: 'none' would send the password unencrypted to "
             f"{host}; use starttls or ssl"
         )
+    settings.check_real_send()
 
 
 class Transparent(bytes):

@@ -131,10 +131,8 @@ class UnsubscribeApp:
             self.pages.get_template(PAGE)
         except TemplateError as exc:
             raise InputError(f"templates: {PAGE}: {exc}") from None
-        try:
-            self.ledger = Ledger(self.ledger_path, busy_timeout=BUSY_TIMEOUT)
-        except sqlite3.Error as exc:  # not a database, or a folder it cannot write to
-            raise LedgerError(f"{self.ledger_path}: cannot open the ledger: {exc}") from None
+        # not a database, or a folder it cannot write to: the ledger's own one-line error
+        self.ledger = Ledger(self.ledger_path, busy_timeout=BUSY_TIMEOUT)
 
     def close(self) -> None:
         self.ledger.close()
