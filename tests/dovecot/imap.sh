@@ -9,8 +9,8 @@
 # DIR/home/returns/Maildir; the test CA is DIR/tls/ca.pem, the certificate is for localhost
 # and 127.0.0.1; the log is DIR/dovecot.log.
 set -euo pipefail
-# shellcheck source=../listening.sh
-. "$(dirname "$0")/../listening.sh"
+# shellcheck source=../servers.sh
+. "$(dirname "$0")/../servers.sh"
 
 USER_NAME=returns
 PASSWORD=${IMAP_PASSWORD:-imap-test-password}
@@ -27,15 +27,7 @@ start() {
     mkdir -p "$dir/tls" "$dir/run" "$dir/state" "$dir/home/$USER_NAME/Maildir"/{cur,new,tmp}
     chmod 755 "$dir" "$dir/tls"
 
-    if [ ! -f "$dir/tls/ca.pem" ]; then
-        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=Top Ten IMAP test CA" \
-            -keyout "$dir/tls/ca.key" -out "$dir/tls/ca.pem" 2>/dev/null
-        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
-            -keyout "$dir/tls/server.key" -out "$dir/tls/server.csr" 2>/dev/null
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$dir/tls/san.ext"
-        openssl x509 -req -in "$dir/tls/server.csr" -CA "$dir/tls/ca.pem" -CAkey "$dir/tls/ca.key" \
-            -CAcreateserial -days 2 -extfile "$dir/tls/san.ext" -out "$dir/tls/server.pem" 2>/dev/null
-    fi
+    test_ca "$dir/tls" "Top Ten IMAP test CA"
 
     printf '%s:{PLAIN}%s:%s:%s::%s\n' "$USER_NAME" "$PASSWORD" "$MAIL_UID" "$MAIL_GID" \
         "$dir/home/$USER_NAME" > "$dir/passwd"

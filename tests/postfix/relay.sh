@@ -20,8 +20,8 @@
 # accepted then bounced (DSN to the envelope sender); slow* accepted then deferred (delay
 # warnings); bounces* into Maildir "bounces"; anything else into Maildir "all".
 set -euo pipefail
-# shellcheck source=../listening.sh
-. "$(dirname "$0")/../listening.sh"
+# shellcheck source=../servers.sh
+. "$(dirname "$0")/../servers.sh"
 
 RATE=${RELAY_RATE:-20}
 USER_NAME=mailer
@@ -38,16 +38,8 @@ start() {
     chmod 755 "$dir" "$etc" "$etc/sasl" "$etc/tls"
 
     # The test CA and a certificate for localhost and 127.0.0.1.
-    if [ ! -f "$etc/tls/ca.pem" ]; then
-        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=Top Ten test CA" \
-            -keyout "$etc/tls/ca.key" -out "$etc/tls/ca.pem" 2>/dev/null
-        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
-            -keyout "$etc/tls/server.key" -out "$etc/tls/server.csr" 2>/dev/null
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$etc/tls/san.ext"
-        openssl x509 -req -in "$etc/tls/server.csr" -CA "$etc/tls/ca.pem" -CAkey "$etc/tls/ca.key" \
-            -CAcreateserial -days 2 -extfile "$etc/tls/san.ext" -out "$etc/tls/server.pem" 2>/dev/null
-        chmod 644 "$etc/tls/server.key"
-    fi
+    test_ca "$etc/tls" "Top Ten test CA"
+    chmod 644 "$etc/tls/server.key"
 
     printf '%s' "$PASSWORD" | saslpasswd2 -p -c -f "$etc/sasldb2" -u relay.test "$USER_NAME"
     chgrp postfix "$etc/sasldb2" && chmod 640 "$etc/sasldb2"
