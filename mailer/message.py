@@ -35,13 +35,23 @@ MAX_LINE = 76  # RFC 2045 6.7: encoded lines are at most 76 characters
 # A value quoted-printable leaves as it is: printable ASCII without "=", no white space at
 # either end, not starting with ".", one line of at most 75 characters (76 with the soft break).
 _QP_AS_IS = re.compile(r"[!-\-/-<>-~](?:[ !-<>-~]{0,73}[!-<>-~])?")
+# A longer value quoted-printable only cuts into lines: printable ASCII without "=" or spaces
+# (an unsubscribe URL, an address), none of its lines starting with "." (checked apart).
+_QP_WRAPS = re.compile(r"[!-<>-~]+")
+_QP_WIDTH = MAX_LINE - 1  # characters on a line before its soft break
 
 
 def qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends, ending in a line break (soft if need be), and no
     line starting with "." (written "=2E"), so that SMTP has nothing to dot-stuff."""
-    if text.isascii() and _QP_AS_IS.fullmatch(text):
-        return text.encode("ascii") + SOFT_BREAK  # what the encoding below makes of it, sooner
+    if text.isascii():
+        # What the encoding below makes of these values, sooner: it runs for every recipient.
+        # (The length is checked first: on a longer text the pattern backtracks at length.)
+        if len(text) <= _QP_WIDTH:
+            if _QP_AS_IS.fullmatch(text):
+                return text.encode("ascii") + SOFT_BREAK
+        elif _QP_WRAPS.fullmatch(text) and "." not in text[::_QP_WIDTH]:
+            return _wrap(text.encode("ascii"))
     encoded = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
     encoded = encoded.replace(b"\n", CRLF)
     if encoded and not encoded.endswith(CRLF):
@@ -50,6 +60,13 @@ def qp(text: str) -> bytes:
     # break added above), and knows nothing of SMTP's dots: both are mended here, once per
     # issue for the static parts.
     return CRLF.join(_mend(line) for line in encoded.split(CRLF))
+
+
+def _wrap(data: bytes) -> bytes:
+    """Text with nothing to escape, cut into lines of 75 characters, each ending in a soft
+    break."""
+    lines = [data[start : start + _QP_WIDTH] for start in range(0, len(data), _QP_WIDTH)]
+    return SOFT_BREAK.join(lines) + SOFT_BREAK
 
 
 def _mend(line: bytes) -> bytes:
@@ -85,6 +102,9 @@ def encoded_words(text: str) -> list[str]:
     """`text` as RFC 2047 encoded words of at most 75 characters, never splitting a
     character's bytes between two words. Decoders join adjacent words without the white
     space between them, so the text comes back exactly."""
+    data = text.encode("utf-8")
+    if len(data) <= _WORD_BYTES:  # most names: one word, without the walk below
+        return [_b_word(data)]
     words: list[str] = []
     chunk = bytearray()
     for char in text:
@@ -139,32 +159,50 @@ _HTML_SPECIAL = re.compile(r"[&<>\"']")  # what markupsafe's escape changes
 
 
 @dataclass(frozen=True)
-class _EncodedBody:
-    parts: tuple[bytes | str, ...]  # pre-encoded static bytes, slot names between them
-    escape_values: bool
+class _Template:
+    """A message as a list of byte parts: the issue's, encoded once, and empty places for a
+    recipient's. Building a message copies the list, fills those places, and joins it once."""
+
+    parts: list[bytes]
+    slots: tuple[tuple[int, str, bool], ...]  # (index, slot name, HTML-escaped) in the bodies
 
     @classmethod
-    def of(cls, body: Personalisable) -> _EncodedBody:
-        parts: list[bytes | str] = []
-        for i, part in enumerate(body.parts):
-            parts.append(qp(part) if i % 2 == 0 else part)
-        return cls(tuple(parts), body.escape_values)
+    def of(cls, head: bytes, bodies: list[tuple[bytes, Personalisable]], tail: bytes) -> _Template:
+        """`HEADERS` places for the per-recipient headers, then `head`; each body after its
+        opening bytes, its slots as places of their own; then `tail`."""
+        parts = [b""] * HEADERS
+        slots: list[tuple[int, str, bool]] = []
+        static = head
+        for opening, body in bodies:
+            static += opening
+            for i, part in enumerate(body.parts):
+                if i % 2 == 0:
+                    static += qp(part)
+                    continue
+                parts.append(static)
+                static = b""
+                slots.append((len(parts), part, body.escape_values))
+                parts.append(b"")
+        parts.append(static + tail)
+        return cls(parts, tuple(slots))
 
-    def fill(self, values: Mapping[str, str], out: list[bytes], done: dict[str, bytes]) -> None:
-        """Append the encoded parts, with this recipient's values, to `out`; `done` keeps the
-        values already encoded (a slot may appear several times in both parts, and a value
-        with nothing to escape is the same in both)."""
-        for part in self.parts:
-            if isinstance(part, bytes):
-                out.append(part)
-                continue
-            value = values[part]
-            if self.escape_values and _HTML_SPECIAL.search(value):
+    def fill(self, headers: tuple[bytes, ...], values: Mapping[str, str]) -> bytes:
+        """The message for one recipient: their headers, and their values in the bodies."""
+        out = self.parts.copy()
+        out[:HEADERS] = headers
+        done: dict[str, bytes] = {}  # a value with nothing to escape is the same in both parts
+        for index, name, escaped in self.slots:
+            value = values[name]
+            if escaped and _HTML_SPECIAL.search(value):
                 value = str(escape(value))
             encoded = done.get(value)
             if encoded is None:
                 encoded = done[value] = qp(value)
-            out.append(encoded)
+            out[index] = encoded
+        return b"".join(out)
+
+
+HEADERS = 4  # To, Date, Message-ID, List-Unsubscribe: a recipient's own
 
 
 class MessageFactory:
@@ -177,8 +215,6 @@ class MessageFactory:
         self.test = test
         self.secret = settings.secret or ""
         self.domain = settings.from_address.rpartition("@")[2] or "localhost"
-        self._html = _EncodedBody.of(rendered.html)
-        self._text = _EncodedBody.of(rendered.text)
         self._boundary = "=_topten_" + secrets.token_hex(12)
         subject = ("[TEST] " if test else "") + self.issue.subject
         display, address = parseaddr(settings.from_ or "")
@@ -194,11 +230,17 @@ class MessageFactory:
         static.append(
             f'Content-Type: multipart/alternative; boundary="{self._boundary}"\r\n\r\n'.encode()
         )
-        self._head = b"".join(static)
         b = self._boundary.encode()
-        self._text_open = b"--" + b + CRLF + _part_headers("text/plain")
-        self._html_open = CRLF + b"--" + b + CRLF + _part_headers("text/html")
-        self._close = CRLF + b"--" + b + b"--" + CRLF
+        self._template = _Template.of(
+            b"".join(static),
+            [
+                (b"--" + b + CRLF + _part_headers("text/plain"), rendered.text),
+                (CRLF + b"--" + b + CRLF + _part_headers("text/html"), rendered.html),
+            ],
+            CRLF + b"--" + b + b"--" + CRLF,
+        )
+        self._unsubscribe_url = settings.unsubscribe_url or ""
+        self._unsubscribe_mailto = settings.unsubscribe_mailto
         self._list_id = settings.list_id_header
         self._date = (0, b"")
         self._issue_date = str(self.issue.date)
@@ -222,29 +264,22 @@ class MessageFactory:
     def build(self, recipient: Recipient) -> bytes:
         email = recipient.email
         token = make_token(self.secret, email)
-        unsubscribe = (self.settings.unsubscribe_url or "").replace("{token}", token)
-        values = {"greeting": greeting(recipient.name), "email": email, "unsubscribe_url": unsubscribe}
+        unsubscribe = self._unsubscribe_url.replace("{token}", token)
         targets = f"<{unsubscribe}>"
-        if self.settings.unsubscribe_mailto:
+        if self._unsubscribe_mailto:
             # folded after the comma: with a long address, the two tokens on one line could
             # pass 998 octets
-            targets += f",\r\n <mailto:{self.settings.unsubscribe_mailto}?subject=unsubscribe%20{token}>"
-        out = [
+            targets += f",\r\n <mailto:{self._unsubscribe_mailto}?subject=unsubscribe%20{token}>"
+        headers = (
             address_header("To", recipient.name, email),
             self._date_header(),
             f"Message-ID: {self.message_id(email)}\r\n".encode(),
             f"List-Unsubscribe: {targets}\r\n".encode(),
-            self._head,
-            self._text_open,
-        ]
-        done: dict[str, bytes] = {}
-        self._text.fill(values, out, done)
-        out.append(self._html_open)
-        self._html.fill(values, out, done)
-        out.append(self._close)
+        )
+        values = {"greeting": greeting(recipient.name), "email": email, "unsubscribe_url": unsubscribe}
         # Every part is encoded by qp() and no header line starts with "." (folded ones start
         # with white space): SMTP has nothing to dot-stuff.
-        return Transparent(b"".join(out))
+        return Transparent(self._template.fill(headers, values))
 
     def _date_header(self) -> bytes:
         """`Date:`, formatted at most once a second."""
