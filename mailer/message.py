@@ -35,9 +35,9 @@ MAX_LINE = 76  # RFC 2045 6.7: encoded lines are at most 76 characters
 # A value quoted-printable leaves as it is: printable ASCII without "=", no white space at
 # either end, not starting with ".", one line of at most 75 characters (76 with the soft break).
 _QP_AS_IS = re.compile(r"[!-\-/-<>-~](?:[ !-<>-~]{0,73}[!-<>-~])?")
-# A longer value quoted-printable only cuts into lines: printable ASCII without "=" or spaces
-# (an unsubscribe URL, an address), none of its lines starting with "." (checked apart).
-_QP_WRAPS = re.compile(r"[!-<>-~]+")
+# A value quoted-printable only escapes "=" in and cuts into lines: printable ASCII without
+# white space, such as an unsubscribe URL or an address.
+_QP_NO_SPACE = re.compile(r"[!-~]+")
 _QP_WIDTH = MAX_LINE - 1  # characters on a line before its soft break
 
 
@@ -45,13 +45,43 @@ def qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends, ending in a line break (soft if need be), and no
     line starting with "." (written "=2E"), so that SMTP has nothing to dot-stuff."""
     if text.isascii():
-        # What the encoding below makes of these values, sooner: it runs for every recipient.
-        # (The length is checked first: on a longer text the pattern backtracks at length.)
-        if len(text) <= _QP_WIDTH:
-            if _QP_AS_IS.fullmatch(text):
-                return text.encode("ascii") + SOFT_BREAK
-        elif _QP_WRAPS.fullmatch(text) and "." not in text[::_QP_WIDTH]:
-            return _wrap(text.encode("ascii"))
+        # Two short cuts to what `_qp_any` makes of the values most recipients have (it runs
+        # for each of them). The length first: on a longer text the pattern backtracks at length.
+        if len(text) <= _QP_WIDTH and _QP_AS_IS.fullmatch(text):
+            return text.encode("ascii") + SOFT_BREAK
+        if _QP_NO_SPACE.fullmatch(text):
+            wrapped = _qp_no_space(text.encode("ascii"))
+            if wrapped is not None:
+                return wrapped
+    return _qp_any(text)
+
+
+def _qp_no_space(data: bytes) -> bytes | None:
+    """Printable ASCII without white space as `_qp_any` encodes it: "=" escaped, cut into lines
+    of at most 75 characters (never inside an escape), each ending in a soft break. None when a
+    line would start with ".": that is left to `_qp_any`."""
+    data = data.replace(b"=", b"=3D")
+    encoded = b""
+    start = 0
+    while len(data) - start > _QP_WIDTH:
+        cut = start + _QP_WIDTH
+        if data[cut - 1] == _EQUALS:  # an escape would start on the last column
+            cut -= 1
+        elif data[cut - 2] == _EQUALS:  # or on the one before it
+            cut -= 2
+        encoded += data[start:cut] + SOFT_BREAK
+        start = cut
+    encoded += data[start:] + SOFT_BREAK
+    if encoded.startswith(b".") or b"\n." in encoded:
+        return None
+    return encoded
+
+
+_EQUALS = ord("=")
+
+
+def _qp_any(text: str) -> bytes:
+    """`qp` for any text: binascii's encoding, mended."""
     encoded = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
     encoded = encoded.replace(b"\n", CRLF)
     if encoded and not encoded.endswith(CRLF):
@@ -60,13 +90,6 @@ def qp(text: str) -> bytes:
     # break added above), and knows nothing of SMTP's dots: both are mended here, once per
     # issue for the static parts.
     return CRLF.join(_mend(line) for line in encoded.split(CRLF))
-
-
-def _wrap(data: bytes) -> bytes:
-    """Text with nothing to escape, cut into lines of 75 characters, each ending in a soft
-    break."""
-    lines = [data[start : start + _QP_WIDTH] for start in range(0, len(data), _QP_WIDTH)]
-    return SOFT_BREAK.join(lines) + SOFT_BREAK
 
 
 def _mend(line: bytes) -> bytes:
@@ -186,23 +209,28 @@ class _Template:
         parts.append(static + tail)
         return cls(parts, tuple(slots))
 
-    def fill(self, headers: tuple[bytes, ...], values: Mapping[str, str]) -> bytes:
-        """The message for one recipient: their headers, and their values in the bodies."""
+    def fill(self, headers: tuple[bytes, ...], values: Mapping[str, tuple[bytes, bytes]]) -> bytes:
+        """The message for one recipient: their headers, and their encoded values (as they
+        are, and HTML-escaped) in the bodies."""
         out = self.parts.copy()
         out[:HEADERS] = headers
-        done: dict[str, bytes] = {}  # a value with nothing to escape is the same in both parts
         for index, name, escaped in self.slots:
-            value = values[name]
-            if escaped and _HTML_SPECIAL.search(value):
-                value = str(escape(value))
-            encoded = done.get(value)
-            if encoded is None:
-                encoded = done[value] = qp(value)
-            out[index] = encoded
+            out[index] = values[name][escaped]
         return b"".join(out)
 
 
 HEADERS = 4  # To, Date, Message-ID, List-Unsubscribe: a recipient's own
+
+
+def _encode_value(value: str, html_safe: bool = False) -> tuple[bytes, bytes]:
+    """A recipient's value quoted-printable as it is, and HTML-escaped: the same bytes when
+    escaping would change nothing (`html_safe` when that is known already)."""
+    encoded = qp(value)
+    if html_safe or not _HTML_SPECIAL.search(value):
+        return encoded, encoded
+    return encoded, qp(str(escape(value)))
+
+
 
 
 class MessageFactory:
@@ -240,6 +268,8 @@ class MessageFactory:
             CRLF + b"--" + b + b"--" + CRLF,
         )
         self._unsubscribe_url = settings.unsubscribe_url or ""
+        # a token is base64url: the URL needs escaping in HTML only if the setting does
+        self._url_html_safe = not _HTML_SPECIAL.search(self._unsubscribe_url)
         self._unsubscribe_mailto = settings.unsubscribe_mailto
         self._list_id = settings.list_id_header
         self._date = (0, b"")
@@ -276,7 +306,11 @@ class MessageFactory:
             f"Message-ID: {self.message_id(email)}\r\n".encode(),
             f"List-Unsubscribe: {targets}\r\n".encode(),
         )
-        values = {"greeting": greeting(recipient.name), "email": email, "unsubscribe_url": unsubscribe}
+        values = {
+            "greeting": _encode_value(greeting(recipient.name)),
+            "email": _encode_value(email),
+            "unsubscribe_url": _encode_value(unsubscribe, self._url_html_safe),
+        }
         # Every part is encoded by qp() and no header line starts with "." (folded ones start
         # with white space): SMTP has nothing to dot-stuff.
         return Transparent(self._template.fill(headers, values))

@@ -75,4 +75,12 @@ def read_token(secret: str, token: str) -> str:
 def message_id_digest(list_id: str, issue: str, email: str) -> str:
     """The part of a message's Message-ID that names the issue's recipient: the same for the
     same issue and address, so that a resend, or a bounce quoting it, can be recognised."""
-    return hashlib.sha256(f"{list_id}|{issue}|{email.lower()}".encode()).hexdigest()[:32]
+    digest = _message_id_hash(list_id, issue).copy()
+    digest.update(email.lower().encode())
+    return digest.hexdigest()[:32]
+
+
+@lru_cache(maxsize=8)
+def _message_id_hash(list_id: str, issue: str) -> hashlib._Hash:
+    """SHA-256 fed the part of the Message-ID digest's input that is the same for a whole issue."""
+    return hashlib.sha256(f"{list_id}|{issue}|".encode())

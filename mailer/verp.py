@@ -18,14 +18,17 @@ LOCAL_PART_MAX = 64
 
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648's alphabet, lower case
 _BASE32_PAIRS = [high + low for high in _BASE32 for low in _BASE32]  # ten bits to two letters
-_SHIFTS = (70, 60, 50, 40, 30, 20, 10, 0)
 
 
 def base32_80(data: bytes) -> str:
     """Ten bytes as 16 lower-case base32 characters: `base64.b32encode(data).lower()`, whose
     loop in Python cost more than the HMAC; 80 bits need no padding."""
     bits = int.from_bytes(data, "big")
-    return "".join([_BASE32_PAIRS[(bits >> shift) & 1023] for shift in _SHIFTS])
+    pair = _BASE32_PAIRS
+    return (
+        pair[bits >> 70] + pair[bits >> 60 & 1023] + pair[bits >> 50 & 1023] + pair[bits >> 40 & 1023]
+        + pair[bits >> 30 & 1023] + pair[bits >> 20 & 1023] + pair[bits >> 10 & 1023] + pair[bits & 1023]
+    )  # fmt: skip
 
 
 def mac(secret: str, issue: str, email: str) -> str:
