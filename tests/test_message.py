@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import re
 from email import message_from_bytes, policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage
-from email.utils import parsedate_to_datetime
+from email.utils import parseaddr, parsedate_to_datetime
 
 import pytest
 
@@ -190,3 +191,67 @@ def test_long_and_non_ascii_subject_survives_folding(factory, issue_file):
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert max(len(line) for line in head.split(b"\r\n")) <= 998
     assert parse(raw)["Subject"] == data["subject"]
+
+
+VARIED = [
+    ANN,
+    Recipient(3, "bob@example.org"),
+    Recipient(4, "zoe@example.org", "Zoë Ünal"),
+    Recipient(5, "yamada@example.jp", "山田 太郎"),
+    Recipient(6, "o'hara+news@example.org", 'Ann "Nan" O\'Hara & <Co>'),
+    Recipient(7, "smith@example.org", "Smith, John (the elder)"),
+    Recipient(8, "dot@example.org", ".Dot"),
+    Recipient(9, "long@example.org", "Żółć " * 20),  # more than one encoded word
+    # an address that makes the unsubscribe URL longer than a quoted-printable line
+    Recipient(10, "a.rather.long.local.part.for.reader.number.12345@subdomain.newsroom-example.org", "Long"),
+]
+
+
+def decoded_to(head: bytes) -> tuple[str, str]:
+    """The To header's display name and address, decoded as RFC 2047 says: the email package's
+    address parser puts a space between adjacent encoded words, which are not part of the text."""
+    [value] = re.findall(r"^To: (.*?)\r\n(?! )", head.decode("ascii") + "\r\n", re.M | re.S)
+    display, address = parseaddr(value.replace("\r\n", ""))
+    return str(make_header(decode_header(display))), address
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.org/unsubscribe/{token}",
+        "https://example.org/unsubscribe?t={token}",  # "=" in it: escaped in the bodies
+        "https://example.org/u?list=top&t={token}",  # "&" in it: escaped in the HTML
+    ],
+)
+def test_every_part_decodes_to_the_issue_with_the_recipients_values(issue_file, tmp_path, monkeypatch, url):
+    """Each recipient's message, read back with the email package: both parts are the issue as
+    rendered, with that recipient's greeting, address and unsubscribe URL; no body line passes
+    76 characters, no header line 998, and no line starts with "." (SMTP would stuff it)."""
+    from mailer.render import greeting
+
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ=BASE | {"MAILER_UNSUBSCRIBE_URL": url,
+                                             "MAILER_UNSUBSCRIBE_MAILTO": "unsubscribe@example.org"})
+    rendered = prepare(issue_file, settings).rendered
+    factory = MessageFactory(rendered, settings)
+    longest_url = 0
+    for recipient in VARIED:
+        raw = factory.build(recipient)
+        head, body = raw.split(b"\r\n\r\n", 1)
+        lines = raw.split(b"\r\n")
+        assert max(len(line) for line in head.split(b"\r\n")) <= 998
+        assert max(len(line) for line in body.split(b"\r\n")) <= 76
+        assert not any(line.startswith(b".") for line in lines)
+        msg = parse(raw)
+        assert decoded_to(head) == (recipient.name.strip(), recipient.email)
+        https, mailto = unsubscribe_links(msg)
+        token = make_token(SECRET, recipient.email)
+        assert https == url.replace("{token}", token)
+        assert mailto.endswith(f"?subject=unsubscribe%20{token}")
+        assert read_token(SECRET, token) == recipient.email
+        values = {"greeting": greeting(recipient.name), "email": recipient.email, "unsubscribe_url": https}
+        text, html = (part.get_content().replace("\r\n", "\n") for part in msg.iter_parts())
+        assert text == rendered.text.fill(values).replace("\r\n", "\n")
+        assert html == rendered.html.fill(values).replace("\r\n", "\n")
+        longest_url = max(longest_url, len(https))
+    assert longest_url > 76

@@ -7,8 +7,10 @@ import binascii
 import random
 
 import pytest
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 
-from mailer.message import MAX_LINE, qp
+from mailer.message import MAX_LINE, _qp_any, _qp_no_space, qp
 
 
 def check(text: str) -> None:
@@ -72,3 +74,53 @@ def test_a_whole_message_needs_no_dot_stuffing(issue_file, issue_data, tmp_path,
     assert ".hidden files are not hidden from this." in text
     html = received.get_body(("html",)).get_content()
     assert ".hidden files are not hidden from this." in html
+
+
+# -- the short cuts for a recipient's values ----------------------------------------------------
+# `qp` skips binascii for the values most recipients have (a greeting, an address, an
+# unsubscribe URL); whatever it is given, it must make the very bytes the general encoding makes.
+
+# Printable ASCII without white space, "=" and "." often: where a cut lands next to an escape or
+# a line would start with a dot.
+no_space = st.text(st.sampled_from("ab.=/:?&%-_~0"), max_size=400) | st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=400
+)
+# URL-shaped: a fixed head, a run of letters, and a tail, so that the 75-column cuts move over
+# every position of the dots and escapes in it.
+url_shaped = st.builds(
+    lambda head, run, tail: head + "x" * run + tail,
+    st.sampled_from(["https://example.org/unsubscribe/", "https://example.org/u?t=", ".", "="]),
+    st.integers(0, 300),
+    st.text(st.sampled_from("A.=-_9"), max_size=160),
+)
+# Short values with spaces: greetings, names.
+short_text = st.text(st.sampled_from("ab .=\té-"), max_size=90) | st.text(max_size=90)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=no_space | url_shaped | short_text)
+@example("x" * 75 + ".")  # a lone dot on the last line: binascii escapes that one itself
+@example("x" * 73 + "=y")  # an escape that would end past the 75th column
+@example("x" * 74 + "=")  # an escape that would start on the 75th column
+@example("x" * 150)  # lines exactly full
+@example("x" * 76)  # binascii's 76-character last line
+def test_the_short_cuts_make_the_same_bytes_as_the_general_encoding(text):
+    assert qp(text) == _qp_any(text)
+    check(text)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=no_space | url_shaped)
+def test_the_long_value_short_cut_makes_the_general_encoding_or_declines(text):
+    """Checked apart from `qp`, which would hide a short cut that wrongly declines."""
+    assume(text)  # `qp` gives it one character at least
+    wrapped = _qp_no_space(text.encode("ascii"))
+    assert wrapped is None or wrapped == _qp_any(text)
+
+
+def test_an_unsubscribe_url_takes_the_short_cut():
+    url = "https://example.org/unsubscribe?t=" + "A" * 60
+    expected = b"https://example.org/unsubscribe?t=3D" + b"A" * 39 + b"=\r\n" + b"A" * 21 + b"=\r\n"
+    assert _qp_no_space(url.encode("ascii")) == expected == _qp_any(url)
+    # a line that would start with a dot is left to the general encoding
+    assert _qp_no_space(("x" * 75 + ".y").encode("ascii")) is None
