@@ -12,9 +12,10 @@ import binascii
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formataddr, formatdate, parseaddr
+from functools import lru_cache
 
 from markupsafe import escape
 
@@ -23,7 +24,7 @@ from mailer.render import Personalisable, RenderedIssue, greeting
 from mailer.subscribers import Recipient
 from mailer.tokens import make_token, message_id_digest
 from mailer.transport import Transparent
-from mailer.verp import envelope_sender
+from mailer.verp import EnvelopeSenders
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
@@ -191,9 +192,9 @@ class _Template:
 
     @classmethod
     def of(cls, head: bytes, bodies: list[tuple[bytes, Personalisable]], tail: bytes) -> _Template:
-        """`HEADERS` places for the per-recipient headers, then `head`; each body after its
-        opening bytes, its slots as places of their own; then `tail`."""
-        parts = [b""] * HEADERS
+        """A place for the recipient's own headers, then `head`; each body after its opening
+        bytes, its slots as places of their own; then `tail`."""
+        parts = [b""]
         slots: list[tuple[int, str, bool]] = []
         static = head
         for opening, body in bodies:
@@ -209,17 +210,15 @@ class _Template:
         parts.append(static + tail)
         return cls(parts, tuple(slots))
 
-    def fill(self, headers: tuple[bytes, ...], values: Mapping[str, tuple[bytes, bytes]]) -> bytes:
-        """The message for one recipient: their headers, and their encoded values (as they
-        are, and HTML-escaped) in the bodies."""
+    def fill(self, headers: bytes, values: Mapping[str, tuple[bytes, bytes]]) -> bytes:
+        """The message for one recipient: their own headers (To, Date, Message-ID,
+        List-Unsubscribe), and their encoded values (as they are, and HTML-escaped) in the
+        bodies."""
         out = self.parts.copy()
-        out[:HEADERS] = headers
+        out[0] = headers
         for index, name, escaped in self.slots:
             out[index] = values[name][escaped]
         return b"".join(out)
-
-
-HEADERS = 4  # To, Date, Message-ID, List-Unsubscribe: a recipient's own
 
 
 def _encode_value(value: str, html_safe: bool = False) -> tuple[bytes, bytes]:
@@ -276,6 +275,12 @@ class MessageFactory:
         self._issue_date = str(self.issue.date)
         # `from_address` parses MAILER_FROM at each call: once per run is enough
         self._from_address = settings.from_address
+        self._verp: Callable[[str], str] | None = None
+        if settings.bounce_address and not test:
+            senders = EnvelopeSenders(settings.bounce_address, self.secret, self._issue_date)
+            # A pipelining connection asks for the next message's sender while this one's is
+            # in flight, then again when the next one's turn comes: the MAC is made once.
+            self._verp = lru_cache(maxsize=64)(senders.of)
 
     def message_id(self, email: str) -> str:
         """The same for the same issue and recipient, so that a resend can be recognised."""
@@ -287,9 +292,9 @@ class MessageFactory:
     def envelope_sender(self, email: str) -> str:
         """`MAIL FROM`: the VERP address naming this issue and recipient when
         `$MAILER_BOUNCE_ADDRESS` is set (never for a test send), else `$MAILER_FROM`'s address."""
-        if not self.settings.bounce_address or self.test:
+        if self._verp is None:
             return self._from_address
-        return envelope_sender(self.settings.bounce_address, self.secret, self._issue_date, email)
+        return self._verp(email)
 
     def build(self, recipient: Recipient) -> bytes:
         email = recipient.email
@@ -301,10 +306,9 @@ class MessageFactory:
             # pass 998 octets
             targets += f",\r\n <mailto:{self._unsubscribe_mailto}?subject=unsubscribe%20{token}>"
         headers = (
-            address_header("To", recipient.name, email),
-            self._date_header(),
-            f"Message-ID: {self.message_id(email)}\r\n".encode(),
-            f"List-Unsubscribe: {targets}\r\n".encode(),
+            address_header("To", recipient.name, email)
+            + self._date_header()
+            + f"Message-ID: {self.message_id(email)}\r\nList-Unsubscribe: {targets}\r\n".encode()
         )
         values = {
             "greeting": _encode_value(greeting(recipient.name)),

@@ -48,5 +48,19 @@ def read_token(token: str) -> tuple[str, str]:
 
 
 def envelope_sender(bounce_address: str, secret: str, issue: str, email: str) -> str:
-    local, _, domain = bounce_address.rpartition("@")
-    return f"{local}+{make_token(secret, issue, email)}@{domain}"
+    return EnvelopeSenders(bounce_address, secret, issue).of(email)
+
+
+class EnvelopeSenders:
+    """One issue's VERP addresses, what they all share worked out once: a send asks for one
+    per message."""
+
+    def __init__(self, bounce_address: str, secret: str, issue: str) -> None:
+        local, _, domain = bounce_address.rpartition("@")
+        self._secret = secret
+        self._issue = issue
+        self._head = f"{local}+{issue.replace('-', '')}-"  # `make_token`'s date, and its dash
+        self._tail = f"@{domain}"
+
+    def of(self, email: str) -> str:
+        return f"{self._head}{mac(self._secret, self._issue, email)}{self._tail}"

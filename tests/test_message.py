@@ -255,3 +255,22 @@ def test_every_part_decodes_to_the_issue_with_the_recipients_values(issue_file, 
         assert html == rendered.html.fill(values).replace("\r\n", "\n")
         longest_url = max(longest_url, len(https))
     assert longest_url > 76
+
+
+def test_envelope_sender_names_each_recipient_however_often_asked(factory):
+    """The factory remembers the VERP addresses it made last: each must still be that address's
+    own, whatever the order and however many addresses come between."""
+    from mailer.verp import envelope_sender, read_token
+
+    f = factory(MAILER_BOUNCE_ADDRESS="bounces@example.org")
+    issue = str(f.issue.date)
+    emails = [f"reader{n}@example.org" for n in range(200)]
+    for email in emails + emails[::-1] + emails[::7]:
+        sender = f.envelope_sender(email)
+        assert sender == envelope_sender("bounces@example.org", SECRET, issue, email)
+        assert read_token(sender.partition("+")[2].partition("@")[0])[0] == issue
+    assert len({f.envelope_sender(email) for email in emails}) == len(emails)
+    # no VERP for a test send, nor without a bounce address
+    test_send = factory(test=True, MAILER_BOUNCE_ADDRESS="bounces@example.org")
+    assert test_send.envelope_sender(ANN.email) == "news@example.org"
+    assert factory().envelope_sender(ANN.email) == "news@example.org"
