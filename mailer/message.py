@@ -221,11 +221,11 @@ class _Template:
         return b"".join(out)
 
 
-def _encode_value(value: str, html_safe: bool = False) -> tuple[bytes, bytes]:
+def _encode_value(value: str) -> tuple[bytes, bytes]:
     """A recipient's value quoted-printable as it is, and HTML-escaped: the same bytes when
-    escaping would change nothing (`html_safe` when that is known already)."""
+    escaping would change nothing."""
     encoded = qp(value)
-    if html_safe or not _HTML_SPECIAL.search(value):
+    if not _HTML_SPECIAL.search(value):
         return encoded, encoded
     return encoded, qp(str(escape(value)))
 
@@ -267,7 +267,7 @@ class MessageFactory:
             CRLF + b"--" + b + b"--" + CRLF,
         )
         self._unsubscribe_url = settings.unsubscribe_url or ""
-        # a token is base64url: the URL needs escaping in HTML only if the setting does
+        self._url_no_space = bool(_QP_NO_SPACE.fullmatch(self._unsubscribe_url))
         self._url_html_safe = not _HTML_SPECIAL.search(self._unsubscribe_url)
         self._unsubscribe_mailto = settings.unsubscribe_mailto
         self._list_id = settings.list_id_header
@@ -313,11 +313,23 @@ class MessageFactory:
         values = {
             "greeting": _encode_value(greeting(recipient.name)),
             "email": _encode_value(email),
-            "unsubscribe_url": _encode_value(unsubscribe, self._url_html_safe),
+            "unsubscribe_url": self._encode_url(unsubscribe),
         }
         # Every part is encoded by qp() and no header line starts with "." (folded ones start
         # with white space): SMTP has nothing to dot-stuff.
         return Transparent(self._template.fill(headers, values))
+
+    def _encode_url(self, url: str) -> tuple[bytes, bytes]:
+        """`_encode_value` for the unsubscribe URL, sooner: a token is base64url, so the URL
+        takes `qp`'s short cut for long values when the setting is printable ASCII without white
+        space (as the settings check it is), and needs escaping in HTML only if the setting
+        does."""
+        encoded = _qp_no_space(url.encode("ascii")) if self._url_no_space else None
+        if encoded is None:  # a line would start with "."
+            encoded = qp(url)
+        if self._url_html_safe:
+            return encoded, encoded
+        return encoded, qp(str(escape(url)))
 
     def _date_header(self) -> bytes:
         """`Date:`, formatted at most once a second."""
