@@ -62,6 +62,8 @@ def _qp_no_space(data: bytes) -> bytes | None:
     of at most 75 characters (never inside an escape), each ending in a soft break. None when a
     line would start with ".": that is left to `_qp_any`."""
     data = data.replace(b"=", b"=3D")
+    if data[0] == _DOT:
+        return None
     encoded = b""
     start = 0
     while len(data) - start > _QP_WIDTH:
@@ -70,15 +72,15 @@ def _qp_no_space(data: bytes) -> bytes | None:
             cut -= 1
         elif data[cut - 2] == _EQUALS:  # or on the one before it
             cut -= 2
+        if data[cut] == _DOT:
+            return None
         encoded += data[start:cut] + SOFT_BREAK
         start = cut
-    encoded += data[start:] + SOFT_BREAK
-    if encoded.startswith(b".") or b"\n." in encoded:
-        return None
-    return encoded
+    return encoded + data[start:] + SOFT_BREAK
 
 
 _EQUALS = ord("=")
+_DOT = ord(".")
 
 
 def _qp_any(text: str) -> bytes:

@@ -58,9 +58,11 @@ class EnvelopeSenders:
     def __init__(self, bounce_address: str, secret: str, issue: str) -> None:
         local, _, domain = bounce_address.rpartition("@")
         self._secret = secret
-        self._issue = issue
+        self._mac_prefix = f"verp|{issue}|".encode()  # what `mac` signs, before the address
         self._head = f"{local}+{issue.replace('-', '')}-"  # `make_token`'s date, and its dash
         self._tail = f"@{domain}"
 
     def of(self, email: str) -> str:
-        return f"{self._head}{mac(self._secret, self._issue, email)}{self._tail}"
+        """`envelope_sender(...)` for this issue."""
+        digest = hmac_sha256(self._secret, self._mac_prefix + email.lower().encode())
+        return f"{self._head}{base32_80(digest[:10])}{self._tail}"
