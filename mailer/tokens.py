@@ -29,25 +29,34 @@ _OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))  # and its opad
 _BLOCK = 64  # SHA-256's block size, in bytes
 
 
-@lru_cache(maxsize=8)
-def _keyed(secret: str) -> tuple[hashlib._Hash, hashlib._Hash]:
-    """SHA-256 already fed the secret's inner and outer pads (RFC 2104): each MAC starts from
-    copies of these, rather than hashing the key twice again as `hmac.digest` does."""
-    key = secret.encode()
-    if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(_BLOCK, b"\0")
-    return hashlib.sha256(key.translate(_INNER_PAD)), hashlib.sha256(key.translate(_OUTER_PAD))
+class KeyedMac:
+    """HMAC-SHA256 under one secret, its inner and outer pads (RFC 2104) hashed once: each MAC
+    starts from copies of those, in half the time of `hmac.digest`, which keys afresh each
+    call. A message costs two of them."""
+
+    def __init__(self, secret: str) -> None:
+        key = secret.encode()
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_INNER_PAD))
+        self._outer = hashlib.sha256(key.translate(_OUTER_PAD))
+
+    def digest(self, message: bytes) -> bytes:
+        """`hmac.digest(secret, message, "sha256")`."""
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+keyed_mac = lru_cache(maxsize=8)(KeyedMac)  # one per secret for the whole run
 
 
 def hmac_sha256(secret: str, message: bytes) -> bytes:
-    """`hmac.digest(secret, message, "sha256")`, in half the time: it runs twice a message."""
-    inner, outer = _keyed(secret)
-    inner = inner.copy()
-    inner.update(message)
-    outer = outer.copy()
-    outer.update(inner.digest())
-    return outer.digest()
+    """`hmac.digest(secret, message, "sha256")`."""
+    return keyed_mac(secret).digest(message)
 
 
 def _mac(secret: str, email: str) -> bytes:

@@ -9,7 +9,7 @@ no one could have been sent matches nothing.
 
 from __future__ import annotations
 
-from mailer.tokens import hmac_sha256
+from mailer.tokens import hmac_sha256, keyed_mac
 
 TOKEN_PATTERN = r"\d{8}-[a-z2-7]{16}"  # noqa: S105 - a pattern, not a secret
 TOKEN_LENGTH = 25
@@ -57,12 +57,12 @@ class EnvelopeSenders:
 
     def __init__(self, bounce_address: str, secret: str, issue: str) -> None:
         local, _, domain = bounce_address.rpartition("@")
-        self._secret = secret
+        self._mac = keyed_mac(secret)
         self._mac_prefix = f"verp|{issue}|".encode()  # what `mac` signs, before the address
         self._head = f"{local}+{issue.replace('-', '')}-"  # `make_token`'s date, and its dash
         self._tail = f"@{domain}"
 
     def of(self, email: str) -> str:
         """`envelope_sender(...)` for this issue."""
-        digest = hmac_sha256(self._secret, self._mac_prefix + email.lower().encode())
+        digest = self._mac.digest(self._mac_prefix + email.lower().encode())
         return f"{self._head}{base32_80(digest[:10])}{self._tail}"
