@@ -219,6 +219,26 @@ class _DotRequest:
     error: BaseException | None = None
 
 
+class _Transaction:
+    """One transaction; rolled back on any error (SQLite may have rolled it back itself, on a
+    full disk for instance, and a second rollback must not hide the first error). A class, not
+    a generator: the record before each final dot enters one."""
+
+    __slots__ = ("begin", "db")
+
+    def __init__(self, db: sqlite3.Connection, begin: str) -> None:
+        self.db, self.begin = db, begin
+
+    def __enter__(self) -> None:
+        self.db.execute(self.begin)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+
 class Ledger:
     """One connection to the ledger, shared by the threads of a run.
 
@@ -428,18 +448,8 @@ class Ledger:
         counts.done_before = sum(by_status[s] for s in done)
         return counts
 
-    @contextlib.contextmanager
-    def _transaction(self, mode: str = "IMMEDIATE") -> Iterator[None]:
-        """One transaction; rolled back on any error (SQLite may have rolled it back itself,
-        on a full disk for instance, and a second rollback must not hide the first error)."""
-        self.db.execute(f"BEGIN {mode}")
-        try:
-            yield
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _transaction(self, mode: str = "IMMEDIATE") -> _Transaction:
+        return _Transaction(self.db, f"BEGIN {mode}")
 
     def apply_suppressions(self, issue: str, *, except_bounces: bool = False) -> int:
         """Pending rows whose address is now on the suppression list are not sent (a bounce
@@ -545,10 +555,8 @@ class Ledger:
 
     def _commit_dots(self) -> None:
         """Commit every record waiting (holds `lock`)."""
-        batch = []
-        with contextlib.suppress(IndexError):
-            while True:
-                batch.append(self._dots.popleft())
+        dots = self._dots
+        batch = [dots.popleft() for _ in range(len(dots))]  # only the lock's holder takes from it
         try:
             if len(batch) == 1 and batch[0].record is None:
                 batch[0].marked = self.db.execute(_MARK_DOT, batch[0].dot).rowcount == 1
