@@ -151,11 +151,14 @@ class SMTPTransport:
         # (sender, recipient) whose MAIL, RCPT and DATA went out with the last final dot,
         # their replies not read yet
         self._announced: tuple[str, str] | None = None
+        # Whether the server takes commands in groups (RFC 2920): read from its EHLO once per
+        # connection, not three times per message.
+        self._pipelining = False
 
     @property
     def pipelines(self) -> bool:
         """Whether the server takes commands in groups (RFC 2920), as far as known now."""
-        return self.smtp is not None and self.smtp.has_extn("pipelining")
+        return self._pipelining
 
     def open(self) -> None:
         s = self.settings
@@ -209,6 +212,7 @@ class SMTPTransport:
         except (OSError, smtplib.SMTPException) as exc:
             raise ConnectFailed(f"{where}: cannot connect: {_scrub(str(exc), s.smtp_password)}") from None
         self.smtp = smtp
+        self._pipelining = smtp.has_extn("pipelining")
         self._sock = smtp.sock
         self._buffer, self._start = b"", 0
         self._kernel_timeouts(self._sock)
@@ -335,6 +339,7 @@ class SMTPTransport:
         if self.smtp is not None:
             self.smtp.close()
             self.smtp = None
+        self._pipelining = False
         self._sock = None
         self._buffer, self._start = b"", 0
         self._announced = None
@@ -352,7 +357,7 @@ class SMTPTransport:
                 self._drop()
         return error
 
-    def _envelope(self, smtp: smtplib.SMTP, sender: str, recipient: str) -> None:
+    def _envelope(self, sender: str, recipient: str) -> None:
         """MAIL, RCPT and DATA up to the 354; in one round trip when the server pipelines,
         none when they went out with the previous message's final dot.
 
@@ -360,7 +365,7 @@ class SMTPTransport:
         them), so they go out as they are rather than through smtplib's address parser.
         """
         announced, self._announced = self._announced, None
-        if not smtp.has_extn("pipelining"):
+        if not self._pipelining:
             for stage, command, accepted in ((MAIL, f"mail FROM:<{sender}>", (250,)),
                                              (RCPT, f"rcpt TO:<{recipient}>", (250, 251)),
                                              (DATA, "data", (354,))):
@@ -400,10 +405,8 @@ class SMTPTransport:
             self._drop()  # the message announced is not to be sent after all: never its dot
         if self.smtp is None:
             self.open()
-        smtp = self.smtp
-        assert smtp is not None
         try:
-            self._envelope(smtp, sender, recipient)
+            self._envelope(sender, recipient)
             self._write(dot_stuff(message))
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
@@ -415,7 +418,7 @@ class SMTPTransport:
         except BaseException:
             self._drop()  # mid-DATA: a QUIT now would be read as message text, so just close
             raise
-        announce = following() if following is not None and smtp.has_extn("pipelining") else None
+        announce = following() if following is not None and self._pipelining else None
         try:
             if announce is not None:
                 self._announced = announce
