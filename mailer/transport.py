@@ -77,6 +77,7 @@ class Pipelining(Protocol):
     def send(
         self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None],
         following: Callable[[], tuple[str, str] | None] | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> str: ...
 
 
@@ -396,11 +397,15 @@ class SMTPTransport:
     def send(
         self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None],
         following: Callable[[], tuple[str, str] | None] | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> str:
         """`following`, called once the dot is recorded: the (sender, recipient) of this
         connection's next message, if there is one now, whose MAIL, RCPT and DATA then go out
         in the same write as this final dot (RFC 2920 lets a group follow the end of the
-        data). The reply to the dot is the first to come back, so it is this message's."""
+        data). The reply to the dot is the first to come back, so it is this message's.
+        `meanwhile`, called when a next message was announced, after that write and before
+        reading the replies: work for the next message done while the server answers (it
+        must not raise)."""
         if self._announced is not None and self._announced != (sender, recipient):
             self._drop()  # the message announced is not to be sent after all: never its dot
         if self.smtp is None:
@@ -423,6 +428,8 @@ class SMTPTransport:
             if announce is not None:
                 self._announced = announce
                 self._write(b".\r\n" + _envelope_group(*announce))
+                if meanwhile is not None:
+                    meanwhile()
             else:
                 self._write(b".\r\n")
             code, text = self._reply()
