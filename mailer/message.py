@@ -45,15 +45,21 @@ _QP_WIDTH = MAX_LINE - 1  # characters on a line before its soft break
 def qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends, ending in a line break (soft if need be), and no
     line starting with "." (written "=2E"), so that SMTP has nothing to dot-stuff."""
+    # Short cuts to what `_qp_any` makes of the values most recipients have (it runs for each
+    # of them). The length first: on a longer text the pattern backtracks at length.
     if text.isascii():
-        # Two short cuts to what `_qp_any` makes of the values most recipients have (it runs
-        # for each of them). The length first: on a longer text the pattern backtracks at length.
         if len(text) <= _QP_WIDTH and _QP_AS_IS.fullmatch(text):
             return text.encode("ascii") + SOFT_BREAK
         if _QP_NO_SPACE.fullmatch(text):
             wrapped = _qp_no_space(text.encode("ascii"))
             if wrapped is not None:
                 return wrapped
+    if 0 < len(text) <= _QP_WIDTH and "\n" not in text:
+        # A short line (a name with accents): binascii's encoding is final when it stays one
+        # line of at most 75 characters (binascii cuts only longer ones) not starting with ".".
+        encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True)
+        if len(encoded) <= _QP_WIDTH and not encoded.startswith(b"."):
+            return encoded + SOFT_BREAK
     return _qp_any(text)
 
 

@@ -77,8 +77,9 @@ def test_a_whole_message_needs_no_dot_stuffing(issue_file, issue_data, tmp_path,
 
 
 # -- the short cuts for a recipient's values ----------------------------------------------------
-# `qp` skips binascii for the values most recipients have (a greeting, an address, an
-# unsubscribe URL); whatever it is given, it must make the very bytes the general encoding makes.
+# `qp` skips binascii, or the mending after it, for the values most recipients have (a greeting,
+# a name with accents, an address, an unsubscribe URL); whatever it is given, it must make the
+# very bytes the general encoding makes.
 
 # Printable ASCII without white space, "=" and "." often: where a cut lands next to an escape or
 # a line would start with a dot.
@@ -93,8 +94,8 @@ url_shaped = st.builds(
     st.integers(0, 300),
     st.text(st.sampled_from("A.=-_9"), max_size=160),
 )
-# Short values with spaces: greetings, names.
-short_text = st.text(st.sampled_from("ab .=\té-"), max_size=90) | st.text(max_size=90)
+# Short values with spaces: greetings, names, with accents and anything else.
+short_text = st.text(st.sampled_from("ab .=\té€-"), max_size=90) | st.text(max_size=90)
 
 
 @settings(max_examples=3000, deadline=None)
@@ -104,6 +105,11 @@ short_text = st.text(st.sampled_from("ab .=\té-"), max_size=90) | st.text(max_s
 @example("x" * 74 + "=")  # an escape that would start on the 75th column
 @example("x" * 150)  # lines exactly full
 @example("x" * 76)  # binascii's 76-character last line
+@example("")
+@example("Good morning, Zoë Ünal.")  # a name with accents: one line with its escapes
+@example("x" * 70 + "é")  # too long once escaped
+@example(".é")  # binascii leaves a leading dot
+@example("é ")  # and escapes a trailing space
 def test_the_short_cuts_make_the_same_bytes_as_the_general_encoding(text):
     assert qp(text) == _qp_any(text)
     check(text)
