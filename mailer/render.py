@@ -72,6 +72,13 @@ def greeting(name: str) -> str:
     return f"Good morning, {name}." if name else "Good morning."
 
 
+def settings_context(settings: Settings) -> dict[str, str | None]:
+    """What the templates see of the settings (the rendered issue kept between runs is keyed
+    on it)."""
+    display_name = parseaddr(settings.from_ or "")[0]
+    return {"list_name": display_name or DEFAULT_LIST_NAME, "donate_url": settings.donate_url}
+
+
 def render_issue(issue: Issue, settings: Settings, templates: Path | None = None) -> RenderedIssue:
     """Render both parts of the email with slot markers, and inline the HTML's CSS once."""
     global inline_runs
@@ -87,12 +94,10 @@ def render_issue(issue: Issue, settings: Settings, templates: Path | None = None
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    display_name = parseaddr(settings.from_ or "")[0]
     context = {
         "issue": issue,
         "stories": issue.ranked,
-        "list_name": display_name or DEFAULT_LIST_NAME,
-        "donate_url": settings.donate_url,
+        **settings_context(settings),
         "date_long": f"{issue.date:%A, %B} {issue.date.day}, {issue.date.year}",
         **markers,
     }
