@@ -31,7 +31,8 @@ FORMAT = 1  # of the entry; a new one makes every older entry stale
 # What the HTML goes through besides the mailer's own code: a new version of any may render it
 # differently.
 RENDERERS = ("jinja2", "markupsafe", "premailer", "cssutils", "lxml", "cssselect")
-_RENDER_CODE = Path(__file__).with_name("render.py")
+# The mailer's own code that shapes the rendering: the templates call the issue model's methods.
+_RENDER_CODE = ("render.py", "issue.py")
 
 
 def entry_path(state_dir: Path, issue: Issue) -> Path:
@@ -39,8 +40,8 @@ def entry_path(state_dir: Path, issue: Issue) -> Path:
 
 
 def inputs_key(issue: Issue, settings: Settings) -> str | None:
-    """A hash of everything the rendering of `issue` reads; None when a template file cannot be
-    read (rendering will say so if it needs that file)."""
+    """A hash of everything the rendering of `issue` reads; None when one of those files cannot
+    be read (the rendering says so if it needs that one)."""
     digest = hashlib.sha256()
 
     def add(label: str, data: bytes) -> None:
@@ -52,7 +53,8 @@ def inputs_key(issue: Issue, settings: Settings) -> str | None:
     for name in RENDERERS:
         add(name, _version(name).encode())
     try:
-        add("render.py", _RENDER_CODE.read_bytes())
+        for name in _RENDER_CODE:
+            add(name, Path(__file__).with_name(name).read_bytes())
         folder = templates_dir(settings.templates_dir)
         files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         for path in files:
