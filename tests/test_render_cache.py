@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, write_subscribers
 
 import mailer.render
+import mailer.send
 from mailer.cli import main
 from mailer.config import load_settings
 from mailer.message import MessageFactory
@@ -196,3 +197,22 @@ def test_a_replay_keeps_the_rendering_too(env, smtp, issue_file, tmp_path, entry
     assert entry.is_file()
     assert renders(lambda: main(["replay", ISSUE, "--permanent"])) == 0
 
+
+
+def test_a_template_changed_while_rendering_is_not_kept(env, issue_file, tmp_path, state, monkeypatch):
+    """What was rendered may be from the old or the new template: it is sent, not kept."""
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    real_render = mailer.send.render_issue
+
+    def render_then_edit(*args, **kwargs):
+        rendered = real_render(*args, **kwargs)
+        with (tmp_path / "templates" / "email.txt.j2").open("a", encoding="utf-8") as template:
+            template.write("P.S.\n")
+        return rendered
+
+    monkeypatch.setattr(mailer.send, "render_issue", render_then_edit)
+    state.mkdir()
+    prepared = prepare(issue_file, load_settings(), state)
+    assert prepared.render_key is None
+    keep_rendered(prepared, state)
+    assert not (state / "rendered").exists()
