@@ -27,6 +27,7 @@ from mailer.render import SLOTS, Personalisable, RenderedIssue, settings_context
 log = logging.getLogger("mailer")
 
 FOLDER = "rendered"
+KEEP = 14  # issues whose rendering stays: a replay of an older one renders it again
 FORMAT = 1  # of the entry; a new one makes every older entry stale
 # What the HTML goes through besides the mailer's own code: a new version of any may render it
 # differently.
@@ -90,7 +91,8 @@ def load(state_dir: Path, issue: Issue, key: str) -> RenderedIssue | None:
 
 
 def store(state_dir: Path, rendered: RenderedIssue, key: str) -> None:
-    """Keep the rendering for the next run, replacing the file whole; a failure is only logged."""
+    """Keep the rendering for the next run, replacing the file whole, and only the latest
+    `KEEP` issues' renderings; a failure is only logged."""
     html, text = list(rendered.html.parts), list(rendered.text.parts)
     entry = {"key": key, "html": html, "text": text, "checksum": _checksum(html, text)}
     target = entry_path(state_dir, rendered.issue)
@@ -102,6 +104,8 @@ def store(state_dir: Path, rendered: RenderedIssue, key: str) -> None:
         with open(handle, "w", encoding="utf-8") as out:
             json.dump(entry, out, ensure_ascii=False)
         os.replace(temporary, target)
+        for older in sorted(target.parent.glob("????-??-??.json"))[:-KEEP]:  # by date
+            older.unlink(missing_ok=True)
     except (OSError, ValueError) as exc:
         log.warning("could not keep the rendered issue in %s (%s); the next run renders it again",
                     target.parent, getattr(exc, "strerror", None) or exc)

@@ -216,3 +216,15 @@ def test_a_template_changed_while_rendering_is_not_kept(env, issue_file, tmp_pat
     assert prepared.render_key is None
     keep_rendered(prepared, state)
     assert not (state / "rendered").exists()
+
+
+def test_only_the_latest_issues_renderings_are_kept(env, issue_file, state):
+    folder = state / "rendered"
+    folder.mkdir(parents=True)
+    older = [folder / f"2026-10-{day:02}.json" for day in range(1, 21)]  # twenty earlier issues
+    for path in older:
+        path.write_text("{}", encoding="utf-8")
+    (folder / "notes.txt").write_text("not an entry", encoding="utf-8")
+    keep_rendered(prepare(issue_file, load_settings(), state), state)
+    kept = sorted(p.name for p in folder.iterdir())
+    assert kept == [p.name for p in older[-13:]] + [f"{ISSUE}.json", "notes.txt"]
