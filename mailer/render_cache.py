@@ -79,7 +79,7 @@ def load(state_dir: Path, issue: Issue, key: str) -> RenderedIssue | None:
     """The rendering kept for `key`, or None: absent, made from other inputs, or damaged."""
     try:
         entry = json.loads(entry_path(state_dir, issue).read_bytes())
-    except (OSError, ValueError):  # missing or unreadable; not JSON, not UTF-8
+    except (OSError, ValueError, RecursionError):  # missing or unreadable; not JSON, not UTF-8
         return None
     if not isinstance(entry, dict) or entry.get("key") != key:
         return None

@@ -137,6 +137,10 @@ def not_json(text: str) -> str:
     return "\x00\x01garbage"
 
 
+def nested_too_deep(text: str) -> str:
+    return "[" * 100_000
+
+
 def body_changed(text: str) -> str:
     """A character of the body changed, the key and checksum as they were."""
     return text.replace("Ten stories", "Ten storied", 1)
@@ -161,7 +165,8 @@ def not_a_list(text: str) -> str:
     return json.dumps(entry)
 
 
-@pytest.mark.parametrize("damage", [truncated, not_json, body_changed, slot_renamed, not_a_list],
+@pytest.mark.parametrize("damage",
+                         [truncated, not_json, nested_too_deep, body_changed, slot_renamed, not_a_list],
                          ids=lambda f: f.__name__)
 def test_a_damaged_entry_is_ignored_rendered_again_and_replaced(env, smtp, issue_file, tmp_path, entry,
                                                                 damage):
