@@ -28,9 +28,11 @@ import contextlib
 import copy
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,32 @@ SENDER = "news@example.org"
 DEFAULT_MESSAGE_SIZE = 25_000  # bytes: the performance target's 10-story issue
 SIZE_TOLERANCE = 0.01
 SUMMARY_FLOOR = 0.3  # summaries are cut to no less than this share before pictures are dropped
+
+
+def machine() -> str:
+    """What the figures ran on: they mean little without it."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"machine: {model or platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, "
+        f"{platform.system()} {platform.release()}; Python {platform.python_version()}, "
+        f"SQLite {sqlite3.sqlite_version}; load {load():.2f}"
+    )
+
+
+def byte_compile() -> None:
+    """Compile the package as installing it does (pip byte-compiles what it installs), so that
+    a start-up is not charged for compiling it again when bytecode is not written
+    (PYTHONDONTWRITEBYTECODE)."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "mailer")], check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def free_port() -> int:
@@ -349,6 +377,9 @@ def write_subscribers(path: Path, count: int) -> None:
 
 def base_env(state: Path, port: int, connections: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    # The child runs this checkout's mailer, the code the in-process figures time, wherever
+    # the benchmark is started from and whatever else is installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env.update(
         {
             "MAILER_SMTP_HOST": "127.0.0.1",
@@ -522,6 +553,8 @@ def main() -> int:
     if args.message_size < 1000 or min(args.count) < 1 or args.repeat < 1 or min(args.connections) < 1:
         parser.error("--message-size is at least 1000; --count, --repeat and --connections at least 1")
 
+    print(machine(), flush=True)
+    byte_compile()
     with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
         issue_path, size = make_issue(tmp, args.message_size)

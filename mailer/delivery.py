@@ -94,6 +94,7 @@ class _Job:
     seq: int
     recipient: Recipient = field(compare=False)
     attempts: int = field(compare=False, default=0)
+    message: bytes | None = field(compare=False, default=None)  # built ahead, while waiting
 
 
 @dataclass
@@ -452,9 +453,11 @@ class Delivery:
 
         When the server pipelines and the run is not being paced, the next job in the queue
         is taken once this dot is recorded, so that its MAIL, RCPT and DATA go out in one
-        write with the dot: one round trip and two system calls fewer per message."""
+        write with the dot: one round trip and two system calls fewer per message. That next
+        message is then built while the server answers this one's dot."""
         recipient = job.recipient
-        message = self.factory.build(recipient)
+        message = job.message if job.message is not None else self.factory.build(recipient)
+        job.message = None  # tried again later, it is built again then
         attempts = job.attempts + 1
 
         def before_dot() -> None:
@@ -473,12 +476,15 @@ class Delivery:
             email = following.recipient.email
             return self.factory.envelope_sender(email), email
 
+        def meanwhile() -> None:
+            held[0].message = self._build_ahead(held[0].recipient)
+
         following = None
         try:
             sender = self.factory.envelope_sender(recipient.email)
             if getattr(transport, "pipelines", False):
                 reply = cast(Pipelining, transport).send(
-                    sender, recipient.email, message, before_dot, following=follow
+                    sender, recipient.email, message, before_dot, following=follow, meanwhile=meanwhile
                 )
             else:
                 reply = transport.send(sender, recipient.email, message, before_dot)
@@ -507,6 +513,14 @@ class Delivery:
             self.tally.sent += 1
             self.outage.delivered()
         return None, following
+
+    def _build_ahead(self, recipient: Recipient) -> bytes | None:
+        """A message built before its turn; None when building it fails, for that error to be
+        met in the message's own attempt rather than in the one before it."""
+        try:
+            return self.factory.build(recipient)
+        except Exception:
+            return None
 
     def _refused(self, job: _Job, attempts: int, exc: DeliveryError) -> _Job | None:
         """Apply a refusal's verdict; the job when it is to be tried again in this run."""

@@ -77,6 +77,7 @@ class Pipelining(Protocol):
     def send(
         self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None],
         following: Callable[[], tuple[str, str] | None] | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> str: ...
 
 
@@ -151,11 +152,14 @@ class SMTPTransport:
         # (sender, recipient) whose MAIL, RCPT and DATA went out with the last final dot,
         # their replies not read yet
         self._announced: tuple[str, str] | None = None
+        # Whether the server takes commands in groups (RFC 2920): read from its EHLO once per
+        # connection, not three times per message.
+        self._pipelining = False
 
     @property
     def pipelines(self) -> bool:
         """Whether the server takes commands in groups (RFC 2920), as far as known now."""
-        return self.smtp is not None and self.smtp.has_extn("pipelining")
+        return self._pipelining
 
     def open(self) -> None:
         s = self.settings
@@ -209,6 +213,7 @@ class SMTPTransport:
         except (OSError, smtplib.SMTPException) as exc:
             raise ConnectFailed(f"{where}: cannot connect: {_scrub(str(exc), s.smtp_password)}") from None
         self.smtp = smtp
+        self._pipelining = smtp.has_extn("pipelining")
         self._sock = smtp.sock
         self._buffer, self._start = b"", 0
         self._kernel_timeouts(self._sock)
@@ -335,6 +340,7 @@ class SMTPTransport:
         if self.smtp is not None:
             self.smtp.close()
             self.smtp = None
+        self._pipelining = False
         self._sock = None
         self._buffer, self._start = b"", 0
         self._announced = None
@@ -352,7 +358,7 @@ class SMTPTransport:
                 self._drop()
         return error
 
-    def _envelope(self, smtp: smtplib.SMTP, sender: str, recipient: str) -> None:
+    def _envelope(self, sender: str, recipient: str) -> None:
         """MAIL, RCPT and DATA up to the 354; in one round trip when the server pipelines,
         none when they went out with the previous message's final dot.
 
@@ -360,7 +366,7 @@ class SMTPTransport:
         them), so they go out as they are rather than through smtplib's address parser.
         """
         announced, self._announced = self._announced, None
-        if not smtp.has_extn("pipelining"):
+        if not self._pipelining:
             for stage, command, accepted in ((MAIL, f"mail FROM:<{sender}>", (250,)),
                                              (RCPT, f"rcpt TO:<{recipient}>", (250, 251)),
                                              (DATA, "data", (354,))):
@@ -391,19 +397,21 @@ class SMTPTransport:
     def send(
         self, sender: str, recipient: str, message: bytes, before_dot: Callable[[], None],
         following: Callable[[], tuple[str, str] | None] | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> str:
         """`following`, called once the dot is recorded: the (sender, recipient) of this
         connection's next message, if there is one now, whose MAIL, RCPT and DATA then go out
         in the same write as this final dot (RFC 2920 lets a group follow the end of the
-        data). The reply to the dot is the first to come back, so it is this message's."""
+        data). The reply to the dot is the first to come back, so it is this message's.
+        `meanwhile`, called when a next message was announced, after that write and before
+        reading the replies: work for the next message done while the server answers (it
+        must not raise)."""
         if self._announced is not None and self._announced != (sender, recipient):
             self._drop()  # the message announced is not to be sent after all: never its dot
         if self.smtp is None:
             self.open()
-        smtp = self.smtp
-        assert smtp is not None
         try:
-            self._envelope(smtp, sender, recipient)
+            self._envelope(sender, recipient)
             self._write(dot_stuff(message))
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
@@ -415,11 +423,13 @@ class SMTPTransport:
         except BaseException:
             self._drop()  # mid-DATA: a QUIT now would be read as message text, so just close
             raise
-        announce = following() if following is not None and smtp.has_extn("pipelining") else None
+        announce = following() if following is not None and self._pipelining else None
         try:
             if announce is not None:
                 self._announced = announce
                 self._write(b".\r\n" + _envelope_group(*announce))
+                if meanwhile is not None:
+                    meanwhile()
             else:
                 self._write(b".\r\n")
             code, text = self._reply()

@@ -185,7 +185,9 @@ def test_a_newer_ledger_is_refused_and_left_unchanged(
 
 
 def test_a_version_1_ledger_gains_the_work_list_index(tmp_path: Path) -> None:
-    """Migration 2 on a ledger written at version 1: rows kept, the queue index in place."""
+    """Migrations 2 to 5 on a ledger written at version 1: rows kept, the work list read in
+    list order through an index that leaves the status out (a status change moves no index
+    entry), with no sort of its own."""
     path = tmp_path / "ledger.sqlite3"
     db = sqlite3.connect(path)
     for statement in ledger_module.MIGRATIONS[0]:
@@ -201,12 +203,15 @@ def test_a_version_1_ledger_gains_the_work_list_index(tmp_path: Path) -> None:
     try:
         assert ledger.counts("2026-11-24")["sent"] == 1
         indexes = {r[0] for r in ledger.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert "deliveries_queue" in indexes and "deliveries_status" not in indexes
+        assert "deliveries_order" in indexes
+        assert not indexes & {"deliveries_queue", "deliveries_status"}
+        columns = [r[2] for r in ledger.db.execute("PRAGMA index_info(deliveries_order)")]
+        assert "status" not in columns
         plan = ledger.db.execute(
             "EXPLAIN QUERY PLAN SELECT row FROM deliveries WHERE issue=? AND status='pending' "
             "AND (row, key) > (?, ?) ORDER BY row, key LIMIT 10", ("2026-11-24", -1, "")
         ).fetchall()
-        assert "deliveries_queue" in str(plan) and "TEMP B-TREE" not in str(plan)
+        assert "deliveries_order" in str(plan) and "TEMP B-TREE" not in str(plan)
     finally:
         ledger.close()
     assert user_version(path) == SCHEMA_VERSION

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from conftest import ledger_rows, write_subscribers
 
+from mailer.cli import main
 from mailer.config import load_settings
 from mailer.errors import DeliveryError, Withheld
+from mailer.message import MessageFactory
 from mailer.transport import SMTPTransport
 from mailer.verdicts import DOT
 
@@ -106,3 +110,47 @@ def test_a_dropped_connection_after_the_dot_leaves_the_announced_message_untried
     assert lost.value.in_doubt
     transport.send(SENDER, "b@example.org", MESSAGE, lambda: None)  # on a new connection
     assert smtp.recorder.received() == {"a@example.org": 1, "b@example.org": 1}
+
+
+def test_the_announced_message_is_prepared_after_the_write_and_before_the_reply(transport, smtp):
+    """`meanwhile` runs once the dot and the next envelope are on their way, and the reply to
+    the dot is still read and returned afterwards; nothing announced, nothing to prepare."""
+    calls: list[str] = []
+
+    def meanwhile() -> None:
+        # the dot already went out: the server takes the message while this runs
+        wait_for(lambda: smtp.recorder.received() == {"a@example.org": 1}, "a's dot at the server")
+        calls.append("meanwhile")
+
+    reply = transport.send(
+        SENDER, "a@example.org", MESSAGE, lambda: calls.append("recorded"),
+        announce("b@example.org", calls), meanwhile,
+    )
+    assert reply.startswith("250")
+    assert calls == ["recorded", "following", "meanwhile"]
+    calls.clear()
+    transport.send(SENDER, "b@example.org", MESSAGE, lambda: None, lambda: None, meanwhile)
+    assert calls == []  # no next message announced: nothing to prepare for it
+    assert smtp.recorder.received() == {"a@example.org": 1, "b@example.org": 1}
+
+
+def test_a_message_that_cannot_be_built_ahead_fails_in_its_own_attempt(env, issue_file, smtp, monkeypatch):
+    """Building the next message while the server answers must not put the message before it
+    in doubt when that build fails: the one before is recorded sent, and the failure stops
+    the run at its own recipient, left pending for the next run."""
+    monkeypatch.setenv("MAILER_SMTP_CONNECTIONS", "1")
+    write_subscribers(Path(env["MAILER_SUBSCRIBERS"]), 3)
+    build = MessageFactory.build
+
+    def build_but_not_for_reader1(self, recipient):
+        if recipient.email == "reader1@example.org":
+            raise UnicodeError("cannot build this one")
+        return build(self, recipient)
+
+    monkeypatch.setattr(MessageFactory, "build", build_but_not_for_reader1)
+    assert main(["send", str(issue_file)]) == 75
+    rows = ledger_rows(Path(env["MAILER_STATE_DIR"]), "2026-11-24")
+    assert {key: row["status"] for key, row in rows.items()} == {
+        "reader0@example.org": "sent", "reader1@example.org": "pending", "reader2@example.org": "pending",
+    }
+    assert smtp.recorder.received() == {"reader0@example.org": 1}
