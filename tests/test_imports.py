@@ -81,7 +81,6 @@ def test_the_commands_that_render_still_do(tmp_path):
     """The other side: the imports moved into the commands are made when they are needed."""
     loaded = loaded_by(["validate", str(EXAMPLE_ISSUE)], tmp_path)
     assert {"premailer", "jinja2", "pydantic"} <= loaded
-    assert "requests" not in loaded  # premailer's, for fetching stylesheets: never needed
 
 
 def test_a_rerun_with_the_rendering_kept_loads_neither_jinja_nor_premailer(tmp_path):
