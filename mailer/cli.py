@@ -147,7 +147,9 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     from mailer.send import send as send_issue
     from mailer.transport import check_smtp_settings
 
-    prepared = prepare(_issue_path(args, settings), settings)
+    # the run's state directory keeps the rendered issue: a re-run skips Jinja2 and premailer
+    state_dir = args.outbox if args.outbox is not None else settings.state_dir
+    prepared = prepare(_issue_path(args, settings), settings, state_dir)
     subscribers: Path = args.subscribers or settings.subscribers
     if args.dry_run and args.to:
         return _print_test_plan(prepared, settings, args.to, args.outbox)
@@ -189,7 +191,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from mailer.progress import Progress
     from mailer.send import prepare, replay, replay_candidates
 
-    prepared = prepare(_issue_path(args, settings), settings)
+    prepared = prepare(_issue_path(args, settings), settings, settings.state_dir)
     subscribers: Path = args.subscribers or settings.subscribers
     if args.dry_run:
         rows = replay_candidates(settings, prepared.key, subscribers, in_doubt=args.in_doubt,

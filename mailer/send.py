@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailer import render_cache
 from mailer.config import Settings
 from mailer.delivery import Delivery, Tally, run_lock
 from mailer.errors import (
@@ -33,25 +34,45 @@ log = logging.getLogger("mailer")
 
 @dataclass(frozen=True)
 class Prepared:
-    """A valid issue, rendered once, with what the editor should be warned of."""
+    """A valid issue, rendered once, with what the editor should be warned of.
+
+    `render_key` is the hash of the rendering's inputs when it may be kept in the state
+    directory (None: not kept); `from_cache` says the rendering was the one kept there."""
 
     path: Path
     issue: Issue
     rendered: RenderedIssue
     warnings: list[str]
+    render_key: str | None = None
+    from_cache: bool = False
 
     @property
     def key(self) -> str:
         return self.issue.date.isoformat()
 
 
-def prepare(path: Path, settings: Settings) -> Prepared:
+def prepare(path: Path, settings: Settings, state_dir: Path | None = None) -> Prepared:
+    """Load and render the issue; with `state_dir`, the rendering kept there is used when
+    nothing it depends on has changed."""
     issue = load_issue(path)
-    rendered = render_issue(issue, settings)
+    key = render_cache.inputs_key(issue, settings) if state_dir is not None else None
+    rendered = render_cache.load(state_dir, issue, key) if state_dir is not None and key else None
+    from_cache = rendered is not None
+    if rendered is None:
+        rendered = render_issue(issue, settings)
+        if key is not None and render_cache.inputs_key(issue, settings) != key:
+            key = None  # a template changed while it was read: keep nothing made from it
     html_bytes = rendered.html.static_size + 200  # plus one recipient's slots, roughly
-    log.debug("%s: %d stories, subject %r, HTML part about %d bytes", path, len(issue.stories),
-              issue.subject, html_bytes)
-    return Prepared(path, issue, rendered, content_warnings(issue, html_bytes))
+    log.debug("%s: %d stories, subject %r, HTML part about %d bytes%s", path, len(issue.stories),
+              issue.subject, html_bytes, " (rendered by an earlier run)" if from_cache else "")
+    return Prepared(path, issue, rendered, content_warnings(issue, html_bytes), key, from_cache)
+
+
+def keep_rendered(prepared: Prepared, state_dir: Path) -> None:
+    """Kept for the next run of this issue, once a run has ended (so that it never takes the
+    room on disk the ledger needed)."""
+    if prepared.render_key is not None and not prepared.from_cache:
+        render_cache.store(state_dir, prepared.rendered, prepared.render_key)
 
 
 @dataclass
@@ -181,6 +202,7 @@ def send(
                      kind="outbox" if outbox else "send", ready=ready)
         finally:
             ledger.close()
+        keep_rendered(prepared, state_dir)
     return outcome
 
 
@@ -229,6 +251,7 @@ def replay(
                      kind="replay", ready=ready, lift_bounces=permanent)
         finally:
             ledger.close()
+        keep_rendered(prepared, settings.state_dir)
     return outcome
 
 

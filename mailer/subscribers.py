@@ -92,7 +92,10 @@ def check_address(raw: str) -> str:
 
 
 def clean_name(raw: str) -> str:
-    """A display name that cannot break a header: control characters become spaces."""
+    """A display name that cannot break a header: control characters become spaces, and each
+    run of white space one space."""
+    if raw.isprintable() and "  " not in raw and raw.strip(" ") == raw:  # most names: nothing to do
+        return raw[:200]
     return " ".join(_UNSAFE_NAME.sub(" ", raw).split())[:200]
 
 
@@ -248,7 +251,7 @@ def _rows(
             if fields is None:
                 return
             row += 1
-            if not any(f.strip() for f in fields):
+            if not "".join(fields).strip():  # a blank row
                 continue
             raw_email = fields[at_email].strip() if at_email < len(fields) else ""
             if at_status is not None and at_status < len(fields):

@@ -81,3 +81,18 @@ def test_the_commands_that_render_still_do(tmp_path):
     """The other side: the imports moved into the commands are made when they are needed."""
     loaded = loaded_by(["validate", str(EXAMPLE_ISSUE)], tmp_path)
     assert {"premailer", "jinja2", "pydantic"} <= loaded
+
+
+def test_a_rerun_with_the_rendering_kept_loads_neither_jinja_nor_premailer(tmp_path):
+    """The second run of an unchanged issue takes its rendering from the state directory: the
+    template engine and the CSS inliner, most of the start-up, are not even imported."""
+    outbox = tmp_path / "outbox"
+    args = ["send", str(EXAMPLE_ISSUE), "--env-file", str(ROOT / ".env.example"),
+            "--subscribers", str(ROOT / "subscribers.csv.example"), "--outbox", str(outbox)]
+    first = loaded_by(args, tmp_path)
+    assert {"premailer", "jinja2"} <= first
+    assert (outbox / "rendered").is_dir()
+    again = loaded_by(args, tmp_path)
+    assert "mailer" in again
+    assert "smtplib" in again  # a real send path: only the rendering was skipped
+    assert not again & {"premailer", "cssutils", "requests", "jinja2", "lxml"}

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import re
 from email import message_from_bytes, policy
 from email.headerregistry import Address
 from pathlib import Path
 
 import pytest
 from conftest import ledger_rows, write_csv
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailer.cli import main
 from mailer.errors import SubscribersError
-from mailer.subscribers import Recipient, SkippedRow, read_subscribers
+from mailer.subscribers import Recipient, SkippedRow, clean_name, read_subscribers
 
 ISSUE = "2026-11-24"
 
@@ -311,3 +314,19 @@ def test_a_list_separated_otherwise_says_so(separator, word, tmp_path):
     path = write_csv(tmp_path / "list.csv", f"email{separator}name\nann@example.org{separator}Ann\n")
     with pytest.raises(SubscribersError, match=f"{word}-separated"):
         rows_of(path)
+
+
+def _clean_name_in_full(raw: str) -> str:
+    """What clean_name does to any name, without its shortcut for names with nothing to clean."""
+    return " ".join(re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+", " ", raw).split())[:200]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(st.characters(exclude_categories=("Cs",)), max_size=220)
+       | st.text(st.sampled_from(" a\t\r\n\x85\xa0\u2028\u3000\u200b\x00\x7f"), max_size=12))
+def test_the_shortcut_for_a_clean_name_changes_nothing(raw):
+    """A printable name with single spaces inside is taken as it is (most rows): the result must
+    be the one the full cleaning gives, whatever the name holds."""
+    assert clean_name(raw) == _clean_name_in_full(raw)
+    assert clean_name(" " + raw) == _clean_name_in_full(" " + raw)
+    assert clean_name(raw + "  x") == _clean_name_in_full(raw + "  x")
