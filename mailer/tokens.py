@@ -24,31 +24,19 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))  # RFC 2104's ipad, as a translation
-_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))  # and its opad
-_BLOCK = 64  # SHA-256's block size, in bytes
-
-
 class KeyedMac:
-    """HMAC-SHA256 under one secret, its inner and outer pads (RFC 2104) hashed once: each MAC
-    starts from copies of those, in less than half the time of `hmac.digest`, which keys
-    afresh at each call. A message costs two of them."""
+    """HMAC-SHA256 under one secret, keyed once (`hmac.new`): each MAC starts from a copy of the
+    keyed state, in two thirds of the time of `hmac.digest`, which keys afresh at each call. A
+    message costs two of them."""
 
     def __init__(self, secret: str) -> None:
-        key = secret.encode()
-        if len(key) > _BLOCK:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(_BLOCK, b"\0")
-        self._inner = hashlib.sha256(key.translate(_INNER_PAD))
-        self._outer = hashlib.sha256(key.translate(_OUTER_PAD))
+        self._keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)
 
     def digest(self, message: bytes) -> bytes:
         """`hmac.digest(secret, message, "sha256")`."""
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        mac = self._keyed.copy()
+        mac.update(message)
+        return mac.digest()
 
 
 keyed_mac = lru_cache(maxsize=8)(KeyedMac)  # one per secret for the whole run
