@@ -265,6 +265,7 @@ class Delivery:
         with self._lock:
             self._busy -= 1
             if retry is not None:
+                retry.message = None  # built ahead but not sent: built again, its Date current
                 heapq.heappush(self._retries, retry)
             elif self._busy or self._queue:
                 return  # nobody waits for this: a waiting connection waits for work or the end
