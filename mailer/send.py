@@ -343,7 +343,9 @@ def test_send(
     outbox: Path | None = None,
     stop: threading.Event | None = None,
 ) -> Outcome:
-    """`[TEST] ` to a few addresses through the real path, recorded nowhere as a delivery."""
+    """`[TEST] ` to a few addresses through the real path, recorded nowhere as a delivery. The
+    rendering is kept in the state directory, when there is one, so that the run that follows
+    the editor's test copy starts without rendering."""
     recipients: list[Recipient | SkippedRow] = list(test_recipients(addresses))
     factory = MessageFactory(prepared.rendered, settings, test=True)
     transports = transport_factory(settings, outbox)
@@ -357,7 +359,10 @@ def test_send(
             def ready() -> None:
                 outcome.plan = ledger.plan(prepared.key, recipients)
 
-            return _deliver(ledger, prepared, factory, transports, settings, outcome, stop,
-                            kind="test", ready=ready)
+            outcome = _deliver(ledger, prepared, factory, transports, settings, outcome, stop,
+                               kind="test", ready=ready)
         finally:
             ledger.close()
+    if outbox is None and settings.state_dir.is_dir():
+        keep_rendered(prepared, settings.state_dir)
+    return outcome

@@ -233,3 +233,20 @@ def test_only_the_latest_issues_renderings_are_kept(env, issue_file, state):
     keep_rendered(prepare(issue_file, load_settings(), state), state)
     kept = sorted(p.name for p in folder.iterdir())
     assert kept == [p.name for p in older[-13:]] + [f"{ISSUE}.json", "notes.txt"]
+
+
+def test_the_editors_test_copy_leaves_the_rendering_for_the_run_that_follows(
+    env, smtp, issue_file, tmp_path, state, entry
+):
+    """A `--to` copy renders the issue; kept in the state directory, the morning run after it
+    starts without rendering. A test send makes no state directory of its own."""
+    assert main(["send", ISSUE, "--to", "editor@example.org"]) == 0
+    assert not state.exists()  # nothing made where there was nothing
+    state.mkdir()
+    assert renders(lambda: main(["send", ISSUE, "--to", "editor@example.org"])) == 1
+    assert entry.is_file()
+    smtp.recorder.messages.clear()
+    assert renders(lambda: send_to(tmp_path, 2)) == 0
+    assert sorted(r for _, [r], _ in smtp.recorder.messages) == ["reader0@example.org", "reader1@example.org"]
+    [(_, _, raw)] = [m for m in smtp.recorder.messages if m[1] == ["reader0@example.org"]]
+    assert not email.message_from_bytes(raw)["Subject"].startswith("[TEST]")
