@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formataddr, formatdate, parseaddr
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from markupsafe import escape
 
@@ -24,7 +24,7 @@ from mailer.render import Personalisable, RenderedIssue, greeting
 from mailer.subscribers import Recipient
 from mailer.tokens import make_token, message_id_digest
 from mailer.transport import Transparent
-from mailer.verp import EnvelopeSenders
+from mailer.verp import envelope_sender
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
@@ -283,10 +283,11 @@ class MessageFactory:
         self._from_address = settings.from_address
         self._verp: Callable[[str], str] | None = None
         if settings.bounce_address and not test:
-            senders = EnvelopeSenders(settings.bounce_address, self.secret, self._issue_date)
             # A pipelining connection asks for the next message's sender while this one's is
             # in flight, then again when the next one's turn comes: the MAC is made once.
-            self._verp = lru_cache(maxsize=64)(senders.of)
+            self._verp = lru_cache(maxsize=64)(
+                partial(envelope_sender, settings.bounce_address, self.secret, self._issue_date)
+            )
 
     def message_id(self, email: str) -> str:
         """The same for the same issue and recipient, so that a resend can be recognised."""

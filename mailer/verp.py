@@ -9,7 +9,7 @@ no one could have been sent matches nothing.
 
 from __future__ import annotations
 
-from mailer.tokens import hmac_sha256, keyed_mac
+from mailer.tokens import hmac_sha256
 
 TOKEN_PATTERN = r"\d{8}-[a-z2-7]{16}"  # noqa: S105 - a pattern, not a secret
 TOKEN_LENGTH = 25
@@ -48,21 +48,5 @@ def read_token(token: str) -> tuple[str, str]:
 
 
 def envelope_sender(bounce_address: str, secret: str, issue: str, email: str) -> str:
-    return EnvelopeSenders(bounce_address, secret, issue).of(email)
-
-
-class EnvelopeSenders:
-    """One issue's VERP addresses, what they all share worked out once: a send asks for one
-    per message."""
-
-    def __init__(self, bounce_address: str, secret: str, issue: str) -> None:
-        local, _, domain = bounce_address.rpartition("@")
-        self._mac = keyed_mac(secret)
-        self._mac_prefix = f"verp|{issue}|".encode()  # what `mac` signs, before the address
-        self._head = f"{local}+{issue.replace('-', '')}-"  # `make_token`'s date, and its dash
-        self._tail = f"@{domain}"
-
-    def of(self, email: str) -> str:
-        """`envelope_sender(...)` for this issue."""
-        digest = self._mac.digest(self._mac_prefix + email.lower().encode())
-        return f"{self._head}{base32_80(digest[:10])}{self._tail}"
+    local, _, domain = bounce_address.rpartition("@")
+    return f"{local}+{make_token(secret, issue, email)}@{domain}"
