@@ -458,7 +458,6 @@ class Delivery:
         message is then built while the server answers this one's dot."""
         recipient = job.recipient
         message = job.message if job.message is not None else self.factory.build(recipient)
-        job.message = None  # tried again later, it is built again then
         attempts = job.attempts + 1
 
         def before_dot() -> None:
