@@ -273,8 +273,6 @@ class MessageFactory:
             CRLF + b"--" + b + b"--" + CRLF,
         )
         self._unsubscribe_url = settings.unsubscribe_url or ""
-        self._url_no_space = bool(_QP_NO_SPACE.fullmatch(self._unsubscribe_url))
-        self._url_html_safe = not _HTML_SPECIAL.search(self._unsubscribe_url)
         self._unsubscribe_mailto = settings.unsubscribe_mailto
         self._list_id = settings.list_id_header
         self._date = (0, b"")
@@ -320,23 +318,11 @@ class MessageFactory:
         values = {
             "greeting": _encode_value(greeting(recipient.name)),
             "email": _encode_value(email),
-            "unsubscribe_url": self._encode_url(unsubscribe),
+            "unsubscribe_url": _encode_value(unsubscribe),
         }
         # Every part is encoded by qp() and no header line starts with "." (folded ones start
         # with white space): SMTP has nothing to dot-stuff.
         return Transparent(self._template.fill(headers, values))
-
-    def _encode_url(self, url: str) -> tuple[bytes, bytes]:
-        """`_encode_value` for the unsubscribe URL, sooner: a token is base64url, so the URL
-        takes `qp`'s short cut for long values when the setting is printable ASCII without white
-        space (as the settings check it is), and needs escaping in HTML only if the setting
-        does."""
-        encoded = _qp_no_space(url.encode("ascii")) if self._url_no_space else None
-        if encoded is None:  # a line would start with "."
-            encoded = qp(url)
-        if self._url_html_safe:
-            return encoded, encoded
-        return encoded, qp(str(escape(url)))
 
     def _date_header(self) -> bytes:
         """`Date:`, formatted at most once a second."""
