@@ -143,13 +143,12 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     """
     from mailer.delivery import Tally
     from mailer.progress import Progress
-    from mailer.send import prepare, test_send
+    from mailer.send import prepare, run_state_dir, test_send
     from mailer.send import send as send_issue
     from mailer.transport import check_smtp_settings
 
     # the run's state directory keeps the rendered issue: a re-run skips Jinja2 and premailer
-    state_dir = args.outbox if args.outbox is not None else settings.state_dir
-    prepared = prepare(_issue_path(args, settings), settings, state_dir)
+    prepared = prepare(_issue_path(args, settings), settings, run_state_dir(settings, args.outbox))
     subscribers: Path = args.subscribers or settings.subscribers
     if args.dry_run and args.to:
         return _print_test_plan(prepared, settings, args.to, args.outbox)

@@ -68,6 +68,11 @@ def prepare(path: Path, settings: Settings, state_dir: Path | None = None) -> Pr
     return Prepared(path, issue, rendered, content_warnings(issue, html_bytes), key, from_cache)
 
 
+def run_state_dir(settings: Settings, outbox: Path | None) -> Path:
+    """Where a run keeps its ledger and rendering: an outbox run keeps its own, in the outbox."""
+    return outbox if outbox is not None else settings.state_dir
+
+
 def keep_rendered(prepared: Prepared, state_dir: Path) -> None:
     """Kept for the next run of this issue, once a run has ended (so that it never takes the
     room on disk the ledger needed)."""
@@ -188,7 +193,7 @@ def send(
     factory = MessageFactory(prepared.rendered, settings)
     transports = transport_factory(settings, outbox)
     rows = read_subscribers(subscribers)
-    state_dir = outbox if outbox is not None else settings.state_dir
+    state_dir = run_state_dir(settings, outbox)
     stop = stop or threading.Event()
     outcome = Outcome(prepared.key, {}, tally or Tally(), state_dir=state_dir)
     with run_lock(state_dir):
@@ -299,7 +304,7 @@ def dry_run(
     """Connects to nothing and writes no ledger row: the plan is made in a scratch ledger."""
     check_outbox(settings, outbox)
     rows = read_subscribers(subscribers)
-    real = (outbox if outbox is not None else settings.state_dir) / FILE_NAME
+    real = run_state_dir(settings, outbox) / FILE_NAME
     if real.parent.exists() and not real.parent.is_dir():  # the real run would stop there
         raise InputError(f"{real.parent}: the state directory is a file, not a directory")
     with tempfile.TemporaryDirectory(prefix="mailer-dry-run-") as scratch_dir:
