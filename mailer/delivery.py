@@ -13,7 +13,6 @@ import itertools
 import logging
 import random
 import sqlite3
-import sys
 import threading
 import time
 from collections import deque
@@ -37,6 +36,7 @@ from mailer.errors import (
     Withheld,
     storage_error,
 )
+from mailer.hub import Hub, Signal
 from mailer.ledger import Ledger
 from mailer.message import MessageFactory
 from mailer.outage import OUTAGE_DOMAINS, OUTAGE_STREAK, THROTTLED_SECONDS, OutageWatch
@@ -49,7 +49,6 @@ log = logging.getLogger("mailer")
 
 LOCK_NAME = "send.lock"
 MAX_BACKOFF = 300.0
-SWITCH_INTERVAL = 0.0005  # seconds, during delivery; the interpreter's default is 0.005
 __all__ = ["OUTAGE_DOMAINS", "OUTAGE_STREAK", "Delivery", "Tally", "backoff", "run_lock"]
 
 
@@ -107,17 +106,22 @@ class _Refusal:
 
 
 class _Line:
-    """One connection's view of the ledger: its last success is recorded with its next dot."""
+    """One connection's view of the ledger: its last success is recorded with its next dot,
+    in one commit with the dots of the other connections at theirs (`gather`)."""
 
-    def __init__(self, ledger: Ledger, issue: str, bounces_allowed: bool = False) -> None:
+    def __init__(
+        self, ledger: Ledger, issue: str, gather: Callable[[], None], bounces_allowed: bool = False
+    ) -> None:
         self.ledger = ledger
         self.issue = issue
+        self.gather = gather
         self.bounces_allowed = bounces_allowed
         self.sent: tuple[str, int, str] | None = None
 
     def dot(self, key: str, attempts: int) -> None:
         marked = self.ledger.mark_dot(
-            self.issue, key, attempts, sent=self.sent, bounces_allowed=self.bounces_allowed
+            self.issue, key, attempts, sent=self.sent, bounces_allowed=self.bounces_allowed,
+            gather=self.gather,
         )
         self.sent = None
         if not marked:
@@ -154,7 +158,10 @@ class Tally:
 
 class Delivery:
     """Delivers every pending row of one issue in the ledger (of one plan of the list, when
-    given), then returns."""
+    given), then returns.
+
+    The feeder and the connections are tasks of one hub (hub.py), in the calling thread: they
+    take turns only where they wait, so what they share needs no lock."""
 
     throttled_seconds = THROTTLED_SECONDS
 
@@ -185,21 +192,19 @@ class Delivery:
         self.plan = plan
         self.pacer = Pacer(settings.rate_limit)
         self.debug = log.isEnabledFor(logging.DEBUG)  # checked once, not once per message
-        lock = self._lock = threading.Lock()  # entered directly on the hot path: cheaper than the Condition
-        self._cond = threading.Condition(lock)  # work to take, or the run's end
-        self._room = threading.Condition(lock)  # room in the queue, for the feeder
+        self.hub = Hub()
+        self._work_ready = Signal(self.hub)  # work to take, or the run's end
+        self._room = Signal(self.hub)  # room in the queue, for the feeder
         self._queue: deque[_Job] = deque()
         self._retries: list[_Job] = []
         self._seq = itertools.count()
         self._fed = False
         self._busy = 0
         self._abort: MailerError | None = None
-        # Refusals, the outage rule and the connections open: a lock of their own, never
-        # held while waiting for `_cond`.
-        self._refusals = threading.Lock()
         self.outage: OutageWatch[_Refusal] = OutageWatch(0, OUTAGE_DOMAINS)
         self._live = 0  # connections open now
-        self._first = threading.Event()  # the run's first connection was tried
+        self._first_tried = False  # the run's first connection was tried
+        self._first = Signal(self.hub)  # for the others, waiting until it was
         self._first_taken = False
         self._warned: set[str] = set()
 
@@ -208,68 +213,70 @@ class Delivery:
     def _feed(self) -> None:
         """Fill the queue from the ledger; when full, wait until it is half empty, so the
         feeder wakes once per few hundred messages rather than once per message."""
+        queue = self._queue
         for recipient, attempts in self.ledger.pending(self.issue, plan=self.plan):
-            with self._cond:
-                if len(self._queue) >= self._full:
-                    while len(self._queue) > self._full // 2 and not self._stopping():
-                        self._room.wait(0.5)
-                if self._stopping():
-                    break
-                self._queue.append(_Job(0.0, next(self._seq), recipient, attempts))
-                self._cond.notify()
-        with self._cond:
-            self._fed = True
-            self._cond.notify_all()
+            if len(queue) >= self._full:
+                while len(queue) > self._full // 2 and not self._stopping():
+                    self._room.wait(0.5)
+            if self._stopping():
+                break
+            queue.append(_Job(0.0, next(self._seq), recipient, attempts))
+            self._work_ready.notify()
+        self._fed = True
+        self._work_ready.notify_all()
+
+    def _feeder(self) -> None:
+        try:
+            self._feed()
+        except Exception as exc:  # the ledger could not be read: stop the connections cleanly
+            self._halt(_stopped_by(exc, self.ledger.path))
 
     def _stopping(self) -> bool:
         return self.stop.is_set() or self._abort is not None
 
     def _halt(self, error: MailerError) -> None:
         """Stop the run (the first reason wins) and wake everyone waiting."""
-        with self._cond:
-            if self._abort is None:
-                self._abort = error  # logged once, by whoever reports how the run ended
-            self._cond.notify_all()
-            self._room.notify_all()
-        self._first.set()
+        if self._abort is None:
+            self._abort = error  # logged once, by whoever reports how the run ended
+        self._work_ready.notify_all()
+        self._room.notify_all()
+        self._first_done()
+
+    def _first_done(self) -> None:
+        self._first_tried = True
+        self._first.notify_all()
 
     def _take(self, idle: Callable[[], None]) -> _Job | None:
-        """The next job due; `idle` runs (outside the lock) before waiting for one."""
-        with self._lock:
-            while True:
-                if self._stopping():
-                    return None
-                now = time.monotonic()
-                if self._retries and self._retries[0].due <= now:
-                    job = heapq.heappop(self._retries)
-                elif self._queue:
-                    job = self._queue.popleft()
-                elif self._fed and not self._retries and self._busy == 0:
-                    self._cond.notify_all()
-                    return None
-                else:
-                    self._cond.release()
-                    try:
-                        idle()
-                    finally:
-                        self._cond.acquire()
-                    if self._queue or (self._retries and self._retries[0].due <= time.monotonic()):
-                        continue
-                    wait = self._retries[0].due - now if self._retries else 1.0
-                    self._cond.wait(min(wait, 1.0))
+        """The next job due; `idle` runs before waiting for one."""
+        while True:
+            if self._stopping():
+                return None
+            now = time.monotonic()
+            if self._retries and self._retries[0].due <= now:
+                job = heapq.heappop(self._retries)
+            elif self._queue:
+                job = self._queue.popleft()
+            elif self._fed and not self._retries and self._busy == 0:
+                self._work_ready.notify_all()
+                return None
+            else:
+                idle()
+                if self._queue or (self._retries and self._retries[0].due <= time.monotonic()):
                     continue
-                self._taken()
-                return job
+                wait = self._retries[0].due - now if self._retries else 1.0
+                self._work_ready.wait(min(wait, 1.0))
+                continue
+            self._taken()
+            return job
 
     def _finish(self, retry: _Job | None = None) -> None:
-        with self._lock:
-            self._busy -= 1
-            if retry is not None:
-                retry.message = None  # built ahead but not sent: built again, its Date current
-                heapq.heappush(self._retries, retry)
-            elif self._busy or self._queue:
-                return  # nobody waits for this: a waiting connection waits for work or the end
-            self._cond.notify_all()
+        self._busy -= 1
+        if retry is not None:
+            retry.message = None  # built ahead but not sent: built again, its Date current
+            heapq.heappush(self._retries, retry)
+        elif self._busy or self._queue:
+            return  # nobody waits for this: a waiting connection waits for work or the end
+        self._work_ready.notify_all()
 
     # -- the run --------------------------------------------------------------------------
 
@@ -280,28 +287,9 @@ class Delivery:
             pending, self.ledger.pending_domains(self.issue, OUTAGE_DOMAINS, plan=self.plan),
             throttled_seconds=self.throttled_seconds,
         )
-        workers = [
-            threading.Thread(target=self._work, name=f"smtp-{n}", daemon=True)
-            for n in range(self.settings.smtp_connections)
-        ]
-        # The connections are I/O threads that each hold the interpreter lock briefly between
-        # socket calls; a shorter switch interval hands it over sooner (measured: steadier
-        # and faster runs with four connections).
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL)
-        for worker in workers:
-            worker.start()
-        try:
-            self._feed()
-        except Exception as exc:  # the ledger could not be read: stop the workers cleanly
-            self._halt(_stopped_by(exc, self.ledger.path))
-        except BaseException:  # KeyboardInterrupt outside the command line: finish what is in flight
-            self.stop.set()
-            raise
-        finally:
-            for worker in workers:
-                worker.join()
-            sys.setswitchinterval(switch)
+        tasks = [self._feeder] + [self._work] * self.settings.smtp_connections
+        # KeyboardInterrupt outside the command line: what is in flight is finished first
+        self.hub.run(tasks, interrupted=self.stop.set)
         if self._abort is not None:
             raise self._abort
         if self.stop.is_set():
@@ -312,7 +300,10 @@ class Delivery:
 
     def _work(self) -> None:
         transport = self.transports()
-        line = _Line(self.ledger, self.issue, self.lift_bounces)
+        attach = getattr(transport, "attach", None)
+        if attach is not None:
+            attach(self.hub)
+        line = _Line(self.ledger, self.issue, self.hub.end_of_round, self.lift_bounces)
         connect_failures = 0
         live = False
         held: _Job | None = None  # this connection's next message, announced with the last dot
@@ -327,11 +318,11 @@ class Delivery:
                             retry = job
                             continue
                         live = True
-                        with self._refusals:
-                            self._live += 1
+                        self._live += 1
                     if self.pacer.rate is not None:
                         line.settle()  # a paced wait can be long: record the last success first
-                    self.pacer.wait(self.stop)
+                        if (delay := self.pacer.delay()) > 0:
+                            self.hub.sleep(delay, until=self.stop.is_set)
                     retry, held = self._attempt(job, transport, line)
                     connect_failures = 0
                 except ConnectFailed as exc:
@@ -340,8 +331,7 @@ class Delivery:
                     job.due = 0.0
                     if live:
                         live = False
-                        with self._refusals:
-                            self._live -= 1
+                        self._live -= 1
                     connect_failures += 1
                     retire = self._cannot_connect(exc, connect_failures)
                 finally:
@@ -350,15 +340,14 @@ class Delivery:
                     break
             line.settle()
         except Exception as exc:
-            # A full disk, a locked ledger, an unwritable outbox: a dead thread would leave
-            # the run waiting for it for ever, holding the lock. Stop the run instead.
+            # A full disk, a locked ledger, an unwritable outbox: a dead connection would
+            # leave the run waiting for it for ever. Stop the run instead.
             self._halt(_stopped_by(exc, self.ledger.path))
             with contextlib.suppress(Exception):
                 line.settle()  # the last success, if the ledger can still take it
         finally:
             if live:
-                with self._refusals:
-                    self._live -= 1
+                self._live -= 1
             transport.close()
 
     def _next(self, held: _Job | None, idle: Callable[[], None]) -> _Job | None:
@@ -372,15 +361,14 @@ class Delivery:
 
     def _take_now(self) -> _Job | None:
         """The next job in the queue, if there is one now and the run goes on."""
-        with self._lock:
-            if not self._queue or self._stopping():
-                return None
-            job = self._queue.popleft()
-            self._taken()
-            return job
+        if not self._queue or self._stopping():
+            return None
+        job = self._queue.popleft()
+        self._taken()
+        return job
 
     def _taken(self) -> None:
-        """A job was just taken (the lock held): it is busy now, and when the queue is down to
+        """A job was just taken: it is busy now, and when the queue is down to
         half, the feeder is woken to fill it again."""
         self._busy += 1
         if len(self._queue) == self._full // 2:
@@ -390,8 +378,7 @@ class Delivery:
         """Open this connection; the run's first opens alone, so that a refused login or
         certificate is met once, not once per connection at the same moment. False when the
         run stopped meanwhile."""
-        with self._refusals:
-            first, self._first_taken = not self._first_taken, True
+        first, self._first_taken = not self._first_taken, True
         if first:
             try:
                 transport.open()
@@ -400,11 +387,12 @@ class Delivery:
                     self._halt(RelayRefusesSettings(str(exc)))
                 raise
             finally:
-                self._first.set()
+                self._first_done()
             return True
-        while not self._first.wait(0.5):
+        while not self._first_tried:
             if self._stopping():
                 return False
+            self._first.wait(0.5)
         if self._stopping():
             return False
         transport.open()
@@ -416,8 +404,7 @@ class Delivery:
         if exc.verdict is Verdict.CONFIG:
             self._halt(RelayRefusesSettings(str(exc)))
             return False
-        with self._refusals:
-            others = self._live
+        others = self._live
         if others and (exc.verdict is Verdict.THROTTLED or failures >= self.settings.max_attempts):
             self._warn_once(
                 f"going on with fewer connections than MAILER_SMTP_CONNECTIONS="
@@ -431,14 +418,13 @@ class Delivery:
             return False
         wait = backoff(failures, self.settings.retry_base_seconds)
         self._warn_once(f"cannot reach the SMTP server ({exc}); trying again", f"again in {wait:.1f}s")
-        self.stop.wait(wait)
+        self.hub.sleep(wait, until=self._stopping)
         return False
 
     def _warn_once(self, problem: str, detail: str = "") -> None:
         """One warning per distinct problem, not one per connection and try."""
-        with self._refusals:
-            new = problem not in self._warned
-            self._warned.add(problem)
+        new = problem not in self._warned
+        self._warned.add(problem)
         if new:
             log.warning("%s", problem)
         else:
@@ -496,8 +482,7 @@ class Delivery:
             # Unsubscribed while the run was going: the transport closed the connection with
             # the final dot unsent, so the server discards the message. Not a failure.
             log.info("%s: on the suppression list since the run started; not sent", recipient.email)
-            with self._refusals:
-                self.tally.withheld += 1
+            self.tally.withheld += 1
             return None, None
         except BaseException:
             if held:
@@ -509,9 +494,8 @@ class Delivery:
         if self.lift_bounces:
             self.ledger.unsuppress_bounce(recipient.email)
         self.pacer.success()
-        with self._refusals:
-            self.tally.sent += 1
-            self.outage.delivered()
+        self.tally.sent += 1
+        self.outage.delivered()
         return None, following
 
     def _build_ahead(self, recipient: Recipient) -> bytes | None:
@@ -538,49 +522,48 @@ class Delivery:
             return None
         if exc.transient:  # transient refusals slow the whole run, whatever their text
             self.pacer.throttle(0.5 if exc.throttled else Pacer.GENTLE)
-        with self._refusals:
-            if self._abort is not None and not exc.in_doubt:  # in flight as the run stopped
-                ledger.release(self.issue, key, exc.code, exc.message, answered=True, count=False)
-                return None
-            if exc.throttled:  # the slower pace is the answer: no attempt spent
-                ledger.record(self.issue, key, "pending", job.attempts, exc.code, exc.message)
-                undo = self.outage.throttled()
-                if undo is None:
-                    job.due = 0.0
-                    return job
-                self._stop_for_outage(undo, job, exc, throttled=True)
-                return None
-            job.attempts = attempts
-            refusal = _Refusal(job, exc)
-            if exc.in_doubt:  # it may have been delivered: in doubt whatever follows
-                ledger.record(self.issue, key, "in_doubt", attempts, exc.code, exc.message)
-                self.tally.in_doubt += 1
-                log.warning(
-                    "%s: in doubt (%s); most such messages were delivered: not resent, see `mailer report`",
-                    email, exc,
-                )
-                if self._abort is not None:
-                    return None
-            undo = self.outage.refused(key, job.recipient.domain, refusal)
-            if undo is not None:
-                self._stop_for_outage(undo, job, exc)
-                return None
-            if exc.in_doubt:
-                return None
-            if exc.verdict is Verdict.TRANSIENT and attempts < self.settings.max_attempts:
-                ledger.record(self.issue, key, "pending", attempts, exc.code, exc.message)
-                wait = backoff(attempts, self.settings.retry_base_seconds)
-                log.info("%s: attempt %d failed (%s); again in %.1fs", email, attempts, exc, wait)
-                job.due = time.monotonic() + wait
-                self.tally.retried += 1
+        if self._abort is not None and not exc.in_doubt:  # in flight as the run stopped
+            ledger.release(self.issue, key, exc.code, exc.message, answered=True, count=False)
+            return None
+        if exc.throttled:  # the slower pace is the answer: no attempt spent
+            ledger.record(self.issue, key, "pending", job.attempts, exc.code, exc.message)
+            undo = self.outage.throttled()
+            if undo is None:
+                job.due = 0.0
                 return job
-            bad_address = exc.verdict is Verdict.BAD_ADDRESS
-            permanent = exc.verdict in (Verdict.BAD_ADDRESS, Verdict.REFUSED)
-            ledger.record(self.issue, key, "failed", attempts, exc.code, exc.message, permanent=permanent)
-            if bad_address:
-                ledger.suppress(email, "bounced", f"{self.issue}: {exc.message}")
-            refusal.failed = True
-            self.tally.failed += 1
+            self._stop_for_outage(undo, job, exc, throttled=True)
+            return None
+        job.attempts = attempts
+        refusal = _Refusal(job, exc)
+        if exc.in_doubt:  # it may have been delivered: in doubt whatever follows
+            ledger.record(self.issue, key, "in_doubt", attempts, exc.code, exc.message)
+            self.tally.in_doubt += 1
+            log.warning(
+                "%s: in doubt (%s); most such messages were delivered: not resent, see `mailer report`",
+                email, exc,
+            )
+            if self._abort is not None:
+                return None
+        undo = self.outage.refused(key, job.recipient.domain, refusal)
+        if undo is not None:
+            self._stop_for_outage(undo, job, exc)
+            return None
+        if exc.in_doubt:
+            return None
+        if exc.verdict is Verdict.TRANSIENT and attempts < self.settings.max_attempts:
+            ledger.record(self.issue, key, "pending", attempts, exc.code, exc.message)
+            wait = backoff(attempts, self.settings.retry_base_seconds)
+            log.info("%s: attempt %d failed (%s); again in %.1fs", email, attempts, exc, wait)
+            job.due = time.monotonic() + wait
+            self.tally.retried += 1
+            return job
+        bad_address = exc.verdict is Verdict.BAD_ADDRESS
+        permanent = exc.verdict in (Verdict.BAD_ADDRESS, Verdict.REFUSED)
+        ledger.record(self.issue, key, "failed", attempts, exc.code, exc.message, permanent=permanent)
+        if bad_address:
+            ledger.suppress(email, "bounced", f"{self.issue}: {exc.message}")
+        refusal.failed = True
+        self.tally.failed += 1
         log.warning(
             "%s: failed after %d attempt%s (%s)%s",
             email, attempts, "" if attempts == 1 else "s", exc,
@@ -592,7 +575,7 @@ class Delivery:
         self, undo: list[_Refusal], job: _Job, exc: DeliveryError, *, throttled: bool = False
     ) -> None:
         """Stop the run and put back to pending, attempts not counted, every recipient the
-        outage refused: no one is failed or suppressed by it. Holds `_refusals`."""
+        outage refused: no one is failed or suppressed by it."""
         domains = len({r.job.recipient.domain for r in undo})
         if throttled:
             reason = (

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -529,7 +529,7 @@ class Ledger:
 
     def mark_dot(
         self, issue: str, key: str, attempts: int, sent: tuple[str, int, str] | None = None,
-        *, bounces_allowed: bool = False,
+        *, bounces_allowed: bool = False, gather: Callable[[], None] | None = None,
     ) -> bool:
         """Durably record, before it is sent, that the final dot is going out; False when it
         must not go out: the row is no longer pending, or the address is now suppressed (the
@@ -542,10 +542,14 @@ class Ledger:
         Group commit: the records of the connections that are waiting at the same moment go
         in one transaction, committed by whichever of them takes the lock first; each call
         returns only once its own record is committed (or raises what the commit raised).
+        `gather`, called once this record is waiting: lets the other connections of the same
+        thread come to theirs first.
         """
         record = None if sent is None else _record_args(issue, sent[0], "sent", sent[1], 250, sent[2], False)
         request = _DotRequest((int(bounces_allowed), IN_FLIGHT, attempts, now(), issue, key), record)
         self._dots.append(request)  # deque.append is atomic
+        if gather is not None:
+            gather()
         with self.lock:
             if not request.done:
                 self._commit_dots()

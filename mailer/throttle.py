@@ -42,21 +42,17 @@ class Pacer:
         self.throttled = 0
         self._lowered = -self.HOLD  # when the rate was last halved
 
-    def wait(self, stop: threading.Event | None = None) -> None:
+    def delay(self) -> float:
+        """Seconds to wait before the next message, its turn taken."""
         if self.rate is None:  # unpaced: no lock on the hot path (a stale read costs one message)
-            return
+            return 0.0
         with self._lock:
             if self.rate is None:
-                return
+                return 0.0
             now = time.monotonic()
             at = max(now, self._next)
             self._next = at + 1.0 / self.rate
-        delay = at - now
-        if delay > 0:
-            if stop is not None:
-                stop.wait(delay)
-            else:
-                time.sleep(delay)
+        return at - now
 
     def success(self) -> None:
         now = time.monotonic()

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from mailer.config import EXAMPLE_SECRET, Settings
 from mailer.errors import ConfigError, ConnectFailed, DeliveryError, storage_error
+from mailer.hub import Hub
 from mailer.verdicts import (
     AUTH,
     CONNECT,
@@ -155,6 +156,11 @@ class SMTPTransport:
         # Whether the server takes commands in groups (RFC 2920): read from its EHLO once per
         # connection, not three times per message.
         self._pipelining = False
+        self._hub: Hub | None = None
+
+    def attach(self, hub: Hub) -> None:
+        """Wait through the hub, beside the run's other connections, instead of blocking."""
+        self._hub = hub
 
     @property
     def pipelines(self) -> bool:
@@ -162,6 +168,19 @@ class SMTPTransport:
         return self._pipelining
 
     def open(self) -> None:
+        hub = self._hub
+        smtp = self._connect() if hub is None else hub.blocking(self._connect)
+        self.smtp = smtp
+        self._pipelining = smtp.has_extn("pipelining")
+        self._sock = smtp.sock
+        self._buffer, self._start = b"", 0
+        if hub is None:
+            self._kernel_timeouts(self._sock)
+        elif self._sock is not None:
+            self._sock.setblocking(False)
+
+    def _connect(self) -> smtplib.SMTP:
+        """A session open and ready for its first message: TLS and login done."""
         s = self.settings
         where = f"{self.host}:{s.port}"
         try:
@@ -212,11 +231,7 @@ class SMTPTransport:
             raise self._session_refused(CONNECT, exc.smtp_code, exc.smtp_error) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise ConnectFailed(f"{where}: cannot connect: {_scrub(str(exc), s.smtp_password)}") from None
-        self.smtp = smtp
-        self._pipelining = smtp.has_extn("pipelining")
-        self._sock = smtp.sock
-        self._buffer, self._start = b"", 0
-        self._kernel_timeouts(self._sock)
+        return smtp
 
     def _kernel_timeouts(self, sock: socket.socket | None) -> None:
         """A plain socket blocks, with the time-out kept by the kernel (`SO_RCVTIMEO`,
@@ -237,10 +252,25 @@ class SMTPTransport:
         sock = self._sock
         if sock is None:
             raise smtplib.SMTPServerDisconnected("not connected")
-        try:
-            sock.sendall(data)
-        except BlockingIOError:  # SO_SNDTIMEO ran out
-            raise TimeoutError("timed out") from None
+        hub = self._hub
+        if hub is None:
+            try:
+                sock.sendall(data)
+            except BlockingIOError:  # SO_SNDTIMEO ran out
+                raise TimeoutError("timed out") from None
+            return
+        timeout = self.settings.smtp_timeout
+        view: bytes | memoryview = data
+        sent = 0
+        while sent < len(data):  # usually once: a message fits in the socket's buffer
+            try:
+                sent += sock.send(view)
+            except (BlockingIOError, ssl.SSLWantWriteError):  # full: wait for room
+                hub.writable(sock, timeout)
+            except ssl.SSLWantReadError:  # TLS renegotiating
+                hub.readable(sock, timeout)
+            else:
+                view = memoryview(data)[sent:]
 
     def _reply(self) -> tuple[int, bytes]:
         """The next reply (code, text), as smtplib's `getreply` parses it, from one buffer
@@ -254,10 +284,7 @@ class SMTPTransport:
                 sock = self._sock
                 if sock is None:
                     raise smtplib.SMTPServerDisconnected("not connected")
-                try:
-                    chunk = sock.recv(65536)
-                except BlockingIOError:  # SO_RCVTIMEO ran out
-                    raise TimeoutError("timed out") from None
+                chunk = self._receive(sock)
                 if not chunk:
                     raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
                 buffer, start = buffer[start:] + chunk, 0
@@ -271,6 +298,26 @@ class SMTPTransport:
                 except ValueError:
                     code = -1
                 return code, b"\n".join(lines)
+
+    def _receive(self, sock: socket.socket) -> bytes:
+        hub = self._hub
+        if hub is None:
+            try:
+                return sock.recv(65536)
+            except BlockingIOError:  # SO_RCVTIMEO ran out
+                raise TimeoutError("timed out") from None
+        timeout = self.settings.smtp_timeout
+        if not isinstance(sock, ssl.SSLSocket):
+            # a reply is awaited, and seldom in already: wait for it rather than first try
+            # a recv that would find nothing (TLS may hold some decrypted already: it tries)
+            hub.readable(sock, timeout)
+        while True:
+            try:
+                return sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                hub.readable(sock, timeout)
+            except ssl.SSLWantWriteError:
+                hub.writable(sock, timeout)
 
     def _command(self, line: bytes) -> tuple[int, bytes]:
         self._write(line)
@@ -337,6 +384,8 @@ class SMTPTransport:
             self._drop()
 
     def _drop(self) -> None:
+        if self._hub is not None and self._sock is not None:
+            self._hub.forget(self._sock)
         if self.smtp is not None:
             self.smtp.close()
             self.smtp = None
