@@ -301,7 +301,7 @@ class Delivery:
     def _work(self) -> None:
         transport = self.transports()
         attach = getattr(transport, "attach", None)
-        if attach is not None:
+        if attach is not None and self.settings.smtp_connections > 1:
             attach(self.hub)
         line = _Line(self.ledger, self.issue, self.hub.end_of_round, self.lift_bounces)
         connect_failures = 0

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import selectors
+import select
 import socket
 import threading
 import time
@@ -55,6 +55,7 @@ class Hub:
         self._seq = itertools.count()
         self._round: list[greenlet] = []  # waiting for everyone ready to have run
         self._watched: dict[int, _Wait | None] = {}  # socket fd -> who waits on it, if anyone
+        self._interest: dict[int, int] = {}  # socket fd -> the events epoll watches it for
         self._finished: deque[tuple[_Wait, object, BaseException | None]] = deque()
         self._main: greenlet | None = None
 
@@ -64,12 +65,12 @@ class Hub:
         """Run every task to its end. The first exception a task lets out (or one raised while
         waiting, such as KeyboardInterrupt) calls `interrupted`, the others go on to their
         end, and it is raised then."""
-        self._selector = selectors.DefaultSelector()
+        self._poll = select.epoll()
         # a thread's call (`blocking`) that has returned wakes the hub through this pair
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
-        self._selector.register(self._wake_in, selectors.EVENT_READ, None)
+        self._poll.register(self._wake_in.fileno(), select.EPOLLIN)
         self._main = getcurrent()
         live = [greenlet(task, parent=self._main) for task in tasks]
         for task in live:
@@ -88,7 +89,7 @@ class Hub:
                         interrupted()
         finally:
             self._main = None
-            self._selector.close()
+            self._poll.close()
             self._wake_in.close()
             self._wake_out.close()
         if error is not None:
@@ -114,20 +115,21 @@ class Hub:
     def _wait(self) -> None:
         """Wait for a socket, a thread's call or a timer; who waited for it is ready then."""
         ready = self._ready
-        timeout = None
+        timeout = -1.0
         if self._timers:
             timeout = max(0.0, self._timers[0][0] - time.monotonic())
-        for key, _events in self._selector.select(timeout):
-            if key.fileobj is self._wake_in:
-                self._threads_done()
-                continue
-            waiter = self._watched.get(key.fd)
+        watched = self._watched
+        for fd, _events in self._poll.poll(timeout):
+            waiter = watched.get(fd)
             if waiter is None or waiter.over:
-                # readable with nobody waiting (the server closed an idle connection): not
-                # watched until someone waits on it again, or the hub would spin on it
-                self._unwatch(key.fd)
+                if fd == self._wake_in.fileno():
+                    self._threads_done()
+                else:
+                    # readable with nobody waiting (the server closed an idle connection):
+                    # not watched until someone waits on it again, or the hub would spin
+                    self._unwatch(fd)
                 continue
-            self._watched[key.fd] = None
+            watched[fd] = None
             ready.append((waiter, waiter.task, None))
         now = time.monotonic()
         timers = self._timers
@@ -141,11 +143,17 @@ class Hub:
     def _park(self, wait: _Wait, timeout: float | None) -> object:
         """Give control to the hub until `wait` ends; _TIMED_OUT after `timeout` seconds."""
         if timeout is not None:
-            timers = self._timers
-            if len(timers) >= _COMPACT_AT:  # most are waits long over (a reply came in time)
-                timers[:] = [timer for timer in timers if not timer[2].over]
-                heapq.heapify(timers)
-            heapq.heappush(timers, (time.monotonic() + timeout, next(self._seq), wait))
+            self._time_out(wait, timeout)
+        return self._switch()
+
+    def _time_out(self, wait: _Wait, timeout: float) -> None:
+        timers = self._timers
+        if len(timers) >= _COMPACT_AT:  # most are waits long over (a reply came in time)
+            timers[:] = [timer for timer in timers if not timer[2].over]
+            heapq.heapify(timers)
+        heapq.heappush(timers, (time.monotonic() + timeout, next(self._seq), wait))
+
+    def _switch(self) -> object:
         main = self._main
         if main is None:
             raise RuntimeError("waiting outside a running hub")
@@ -154,20 +162,37 @@ class Hub:
     def readable(self, sock: socket.socket, timeout: float) -> None:
         """Wait until the socket has something to read (or was closed); TimeoutError after
         `timeout` seconds."""
-        self._wait_for(sock, selectors.EVENT_READ, timeout)
+        self._wait_for(sock, select.EPOLLIN, timeout)
 
     def writable(self, sock: socket.socket, timeout: float) -> None:
-        self._wait_for(sock, selectors.EVENT_WRITE, timeout)
+        self._wait_for(sock, select.EPOLLOUT, timeout)
 
     def _wait_for(self, sock: socket.socket, events: int, timeout: float) -> None:
         wait = _Wait(getcurrent())
         fd = sock.fileno()
-        if fd not in self._watched:
-            self._selector.register(fd, events)
-        elif self._selector.get_key(fd).events != events:
-            self._selector.modify(fd, events)
+        interest = self._interest
+        if fd not in interest:
+            self._poll.register(fd, events)
+            interest[fd] = events
+        elif interest[fd] != events:
+            self._poll.modify(fd, events)
+            interest[fd] = events
         self._watched[fd] = wait
-        if self._park(wait, timeout) is _TIMED_OUT:
+        self._time_out(wait, timeout)
+        ready = self._ready
+        if ready or self._round:
+            outcome = self._switch()
+        else:
+            # Nobody else can run before something happens: wait for it here, as the hub
+            # would, and hand over only if it is not this task's own socket or time-out (two
+            # greenlet switches saved per reply with one connection, and often with more).
+            self._wait()
+            if len(ready) == 1 and ready[0][0] is wait:
+                outcome = ready.popleft()[2]
+                wait.over = True
+            else:
+                outcome = self._switch()
+        if outcome is _TIMED_OUT:
             self._watched[fd] = None
             raise TimeoutError("timed out")
 
@@ -177,13 +202,14 @@ class Hub:
             fd = sock.fileno()
         except OSError:
             return
-        if fd in self._watched:
+        if fd in self._interest:
             self._unwatch(fd)
 
     def _unwatch(self, fd: int) -> None:
-        del self._watched[fd]
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self._selector.unregister(fd)
+        self._watched.pop(fd, None)
+        del self._interest[fd]
+        with contextlib.suppress(OSError):
+            self._poll.unregister(fd)
 
     def sleep(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
         """Wait `seconds`, or less once `until()` is true (it is checked every half second)."""
@@ -198,8 +224,12 @@ class Hub:
         they do meanwhile (their final-dot records) can then be done in one go."""
         if self._main is None:
             return
-        self._round.append(getcurrent())
-        self._main.switch()
+        if self._ready:
+            self._round.append(getcurrent())
+            self._main.switch()
+        elif self._round:  # the last to come: the others go on after this one
+            waiting, self._round = self._round, []
+            self._ready.extend((None, task, None) for task in waiting)
 
     def blocking(self, call: Callable[[], T]) -> T:
         """Run `call` in a thread of its own, the other tasks going on meanwhile."""

@@ -307,11 +307,7 @@ class SMTPTransport:
             except BlockingIOError:  # SO_RCVTIMEO ran out
                 raise TimeoutError("timed out") from None
         timeout = self.settings.smtp_timeout
-        if not isinstance(sock, ssl.SSLSocket):
-            # a reply is awaited, and seldom in already: wait for it rather than first try
-            # a recv that would find nothing (TLS may hold some decrypted already: it tries)
-            hub.readable(sock, timeout)
-        while True:
+        while True:  # tried first: the reply is often in already, and then no switch is made
             try:
                 return sock.recv(65536)
             except (BlockingIOError, ssl.SSLWantReadError):
