@@ -16,6 +16,12 @@ message was accepted (the server's 250 to the final dot) and it has quit: what w
 server, not what the relay has delivered since. Each figure carries the sender's CPU time (user
 + system, all threads) per message and the machine's load average at its start and end.
 
+smtp-source sends every message to one address; the mailer's list has as many addresses as
+subscribers, at 97 domains, and a real Postfix works harder for that (a mailbox and a
+destination each). So with --relay postfix a plain sender (bench/plain_sender.py: the mailer's
+own message, built once, to the same list, pipelined, one process per connection, no ledger)
+runs too, and the mailer's rate over its rate is printed beside the ratio to smtp-source.
+
 The issue is generated from the example issue at the size asked for (its summaries trimmed or
 repeated, its pictures dropped from the last stories first), so that the 25 KB and the 43 KB
 cases are one flag apart. Installs nothing. Prints figures; asserts nothing.
@@ -46,6 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 ISSUE = ROOT / "issues" / "2026-11-24.json"
 RELAY_SCRIPT = ROOT / "tests" / "postfix" / "relay.sh"
+PLAIN_SENDER = Path(__file__).resolve().parent / "plain_sender.py"
 SENDER = "news@example.org"
 DEFAULT_MESSAGE_SIZE = 25_000  # bytes: the performance target's 10-story issue
 SIZE_TOLERANCE = 0.01
@@ -396,8 +403,9 @@ def base_env(state: Path, port: int, connections: int) -> dict[str, str]:
     return env
 
 
-def in_process_figures(issue_path: Path, count: int) -> tuple[float, float, int]:
-    """Render time per issue (Jinja + premailer) and message build time per recipient."""
+def in_process_figures(issue_path: Path, count: int) -> tuple[float, float, bytes]:
+    """Render time per issue (Jinja + premailer), message build time per recipient, and the
+    last message built."""
     sys.path.insert(0, str(ROOT))
     from mailer.config import Settings
     from mailer.issue import load_issue
@@ -422,11 +430,11 @@ def in_process_figures(issue_path: Path, count: int) -> tuple[float, float, int]
     factory = MessageFactory(rendered, settings)
     recipients = [Recipient(n, f"reader{n}@example{n % 97}.org", f"Reader Number {n}") for n in range(count)]
     started = time.perf_counter()
-    size = 0
+    message = b""
     for r in recipients:
-        size = len(factory.build(r))
+        message = factory.build(r)
     per_recipient = (time.perf_counter() - started) / count
-    return per_issue, per_recipient, size
+    return per_issue, per_recipient, bytes(message)
 
 
 def smtp_source_command(port: int, count: int, connections: int, size: int) -> list[str] | None:
@@ -482,8 +490,10 @@ def compare(
     connections: int,
     run: str,
     profile: Path | None,
+    message_path: Path | None = None,
 ) -> float | None:
-    """One mailer send and one smtp-source run of the same shape into `server`; the ratio."""
+    """One mailer send and one smtp-source run of the same shape into `server`; the ratio. With
+    `message_path`, also the plain sender's run: that message to the same list."""
     csv_path = tmp / f"subscribers-{count}.csv"
     if not csv_path.exists():
         write_subscribers(csv_path, count)
@@ -516,6 +526,18 @@ def compare(
     print(f"smtp-source, {label}: {source.describe(count, note, peak=False)}", flush=True)
     ratio = mailer.rate / source.rate
     print(f"ratio, {label}, {count:,} messages: {ratio:.2f}", flush=True)
+    if message_path is not None:
+        plain_command = [sys.executable, str(PLAIN_SENDER), str(server.port), str(connections),
+                         str(message_path), str(csv_path)]  # fmt: skip
+        plain = measure(plain_command, count)
+        note = server.settle(count)
+        print(f"plain sender, {label}: {plain.describe(count, note, peak=False)}", flush=True)
+        print(
+            f"ratio to the plain sender (the same message to the same list), {label}, "
+            f"{count:,} messages: {mailer.rate / plain.rate:.2f}; smtp-source to it: "
+            f"{source.rate / plain.rate:.2f}",
+            flush=True,
+        )
     return ratio
 
 
@@ -560,7 +582,10 @@ def main() -> int:
         issue_path, size = make_issue(tmp, args.message_size)
         if abs(size - args.message_size) > args.message_size * SIZE_TOLERANCE:
             print(f"note: {size:,} bytes is as near to {args.message_size:,} as a ten-story issue gets")
-        per_issue, per_recipient, size = in_process_figures(issue_path, min(min(args.count), 5000))
+        per_issue, per_recipient, message = in_process_figures(issue_path, min(min(args.count), 5000))
+        size = len(message)
+        message_path = tmp / "message.eml"  # for the plain sender, into Postfix
+        message_path.write_bytes(message)
         print(f"render per issue (Jinja2 + premailer): {per_issue * 1000:.1f} ms")
         print(f"message build per recipient: {per_recipient * 1e6:.1f} us ({size} bytes per message)")
 
@@ -575,7 +600,8 @@ def main() -> int:
                 for connections in args.connections:
                     for n in range(1, args.repeat + 1):
                         ratio = compare(
-                            server, tmp, issue_path, size, count, connections, str(n), args.profile
+                            server, tmp, issue_path, size, count, connections, str(n), args.profile,
+                            message_path if args.relay == "postfix" else None,
                         )
                         if ratio is not None:
                             ratios.setdefault((count, connections), []).append(ratio)

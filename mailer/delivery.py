@@ -288,7 +288,8 @@ class Delivery:
             throttled_seconds=self.throttled_seconds,
         )
         tasks = [self._feeder] + [self._work] * self.settings.smtp_connections
-        # KeyboardInterrupt outside the command line: what is in flight is finished first
+        # A KeyboardInterrupt outside the command line stops the run; the connections not
+        # running when it came finish what they have in flight.
         self.hub.run(tasks, interrupted=self.stop.set)
         if self._abort is not None:
             raise self._abort

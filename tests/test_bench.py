@@ -73,8 +73,13 @@ def test_bench_against_a_real_postfix_counts_what_it_delivered():
                      r"in [\d.]+ s more\)", out)  # fmt: skip
     assert re.search(r"smtp-source, 2 connection\(s\): .*Postfix then delivered 100 to the Maildir "
                      r"in [\d.]+ s more\)", out)  # fmt: skip
+    # The plain sender: the mailer's message to the same list, all of it delivered too.
+    assert re.search(r"plain sender, 2 connection\(s\): .*exit 0, .*Postfix then delivered 100 to the "
+                     r"Maildir in [\d.]+ s more\)", out)  # fmt: skip
     assert "expected" not in out
     assert re.search(r"ratio, 2 connection\(s\), 100 messages: [\d.]+", out)
+    assert re.search(r"ratio to the plain sender \(the same message to the same list\), 2 connection\(s\), "
+                     r"100 messages: [\d.]+; smtp-source to it: [\d.]+", out)  # fmt: skip
 
 
 def test_unsubscribe_bench_runs_on_a_small_list():
