@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 
@@ -21,6 +20,9 @@ class Pacer:
     seconds: a relay allowing so many messages per period (Postfix's anvil) refuses everything
     until the period ends, and halving once a second all that time would leave the run far
     slower than the relay allows.
+
+    The connections use it from the run's one thread (hub.py), taking turns only where they
+    wait: it needs no lock.
     """
 
     MIN_RATE = 0.5
@@ -34,7 +36,6 @@ class Pacer:
         self.limit = limit or None
         self.rate = self.limit
         self._next = 0.0
-        self._lock = threading.Lock()
         self._recent: deque[float] = deque(maxlen=50)
         self._accepted: deque[float] = deque(maxlen=10_000)  # bounded: the floor is a lower bound
         self._started = time.monotonic()
@@ -44,44 +45,37 @@ class Pacer:
 
     def delay(self) -> float:
         """Seconds to wait before the next message, its turn taken."""
-        if self.rate is None:  # unpaced: no lock on the hot path (a stale read costs one message)
+        if self.rate is None:  # unpaced
             return 0.0
-        with self._lock:
-            if self.rate is None:
-                return 0.0
-            now = time.monotonic()
-            at = max(now, self._next)
-            self._next = at + 1.0 / self.rate
+        now = time.monotonic()
+        at = max(now, self._next)
+        self._next = at + 1.0 / self.rate
         return at - now
 
     def success(self) -> None:
         now = time.monotonic()
-        self._recent.append(now)  # deque.append is atomic: no lock needed
+        self._recent.append(now)
         self._accepted.append(now)
         if self.rate is None:
             return
-        with self._lock:
-            if self.rate is None:
-                return
-            self.rate *= 1 + self.RECOVERY
-            if self.limit is not None:
-                self.rate = min(self.rate, self.limit)
-            elif self.rate >= self._unthrottled:
-                self.rate = None  # back to what the run did before throttling: no limit again
+        self.rate *= 1 + self.RECOVERY
+        if self.limit is not None:
+            self.rate = min(self.rate, self.limit)
+        elif self.rate >= self._unthrottled:
+            self.rate = None  # back to what the run did before throttling: no limit again
 
     def throttle(self, factor: float = 0.5) -> None:
         """Slow down: by half for a throttling reply, by `factor` for another transient one."""
-        with self._lock:
-            self.throttled += 1
-            now = time.monotonic()
-            if now - self._lowered < self.HOLD:
-                return
-            self._lowered = now
-            if self.rate is None:
-                self._unthrottled = self._observed()
-            current = self.rate if self.rate is not None else self._unthrottled
-            lowered = max(current * factor, min(current, self._accepted_rate(now)))
-            self.rate = max(self.MIN_RATE, lowered)
+        self.throttled += 1
+        now = time.monotonic()
+        if now - self._lowered < self.HOLD:
+            return
+        self._lowered = now
+        if self.rate is None:
+            self._unthrottled = self._observed()
+        current = self.rate if self.rate is not None else self._unthrottled
+        lowered = max(current * factor, min(current, self._accepted_rate(now)))
+        self.rate = max(self.MIN_RATE, lowered)
 
     def _accepted_rate(self, now: float) -> float:
         """Messages accepted per second over the last WINDOW seconds (or since the start)."""
