@@ -292,6 +292,9 @@ class PostfixRelay(Server):
         delivered, deferred = self.delivered(), self.queued(("deferred", "hold"))
         for path in self.maildir_files():
             path.unlink()
+        # The disk's write-back of this run must not slow the next one down: whichever
+        # sender ran after a quiet spell was otherwise the fastest.
+        os.sync()
         note = f"; Postfix then delivered {delivered:,} to the Maildir in {waited:.1f} s more"
         if delivered != expected or deferred:
             note += f" (expected {expected:,}; {deferred} deferred, {self.queued()} still queued)"
@@ -319,6 +322,7 @@ def postfix_relay() -> Iterator[PostfixRelay]:
     try:
         if started.returncode != 0:
             raise SystemExit(f"bench: the Postfix relay did not start: {started.stderr.strip()}")
+        os.sync()  # see PostfixRelay.settle
         yield PostfixRelay(base, port)
     finally:
         subprocess.run([str(RELAY_SCRIPT), "stop", str(base)], capture_output=True, env=env)
