@@ -9,6 +9,7 @@ answer at once, without loading premailer, email-validator or the SMTP code.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -18,9 +19,9 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from mailer import __version__
+from mailer import __version__, set_aside
 from mailer.errors import InputError, IssueInvalid, MailerError, storage_error
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     for warning in prepared.warnings:
         log.warning("content: %s", warning)
     tally = Tally()
+    set_aside()
     with Progress(tally):
         outcome = _with_signals(
             lambda stop: send_issue(
@@ -200,6 +202,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         _out(f"{len(rows)} recipient(s) would be sent to")
         return EXIT_OK
     tally = Tally()
+    set_aside()
     with Progress(tally):
         outcome = _with_signals(
             lambda stop: replay(prepared, settings, subscribers, in_doubt=args.in_doubt,
@@ -622,7 +625,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> NoReturn:
+    """The `mailer` command. Its exit skips the interpreter's last garbage collections over
+    every module imported (about 45 ms on a 2-core machine): by then nothing is left open."""
+    code = main()
+    gc.freeze()
+    raise SystemExit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # Starting up makes many objects and next to no garbage: no collections until the
+    # command's own work begins (set_aside).
+    gc.disable()
+    try:
+        return _main(argv)
+    finally:
+        gc.unfreeze()  # called in-process (the tests), the caller's objects are collected again
+        gc.enable()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -637,6 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.debug("mailer %s, env file %s", __version__, args.env_file or "./.env when present")
             for name, value in settings.masked().items():
                 log.debug("setting %s=%s", name, value)
+        set_aside()
         return COMMANDS[args.command](args, settings)
     except IssueInvalid as exc:
         for line in exc.problems:

@@ -96,3 +96,54 @@ def test_a_rerun_with_the_rendering_kept_loads_neither_jinja_nor_premailer(tmp_p
     assert "mailer" in again
     assert "smtplib" in again  # a real send path: only the rendering was skipped
     assert not again & {"premailer", "cssutils", "requests", "jinja2", "lxml"}
+
+
+GC_PROBE = """
+import gc, json, sys
+from mailer import cli
+
+seen = {}
+command = cli.COMMANDS[sys.argv[1]]
+
+def watched(args, settings):
+    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count())
+    return command(args, settings)
+
+cli.COMMANDS[sys.argv[1]] = watched
+code = cli.main(sys.argv[1:])
+seen.update(code=code, enabled_after=gc.isenabled(), frozen_after=gc.get_freeze_count())
+sys.stderr.write(json.dumps(seen) + "\\n")
+"""
+
+
+def test_the_collector_skips_start_up_and_is_left_as_it_was(tmp_path):
+    """Start-up runs without the cyclic garbage collector; the command runs with it, its
+    start-up objects set aside (frozen); and a caller of main() in-process gets the collector
+    back as it was, nothing of its own left frozen."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    done = subprocess.run(
+        [sys.executable, "-c", GC_PROBE, "config"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=120,
+    )
+    seen = json.loads(done.stderr.strip().splitlines()[-1])
+    assert seen["code"] == 0, done.stderr
+    assert seen["enabled"] and seen["frozen"] > 1000  # the modules, pydantic's among them
+    assert seen["enabled_after"] and seen["frozen_after"] == 0
+
+
+def test_the_command_exits_with_its_code_and_its_output_whole(tmp_path):
+    """`python -m mailer` (as the installed `mailer`) ends through entry(), which freezes
+    what is left before the interpreter exits: the exit code and the output still come whole."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    valid = subprocess.run(
+        [sys.executable, "-m", "mailer", "validate", str(EXAMPLE_ISSUE)], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert valid.returncode == 0, valid.stderr
+    assert f"{EXAMPLE_ISSUE}: valid: 2026-11-24, 10 stories" in valid.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "mailer", "validate", str(tmp_path / "no-such.json")], cwd=tmp_path,
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert missing.returncode == 2
+    assert missing.stderr == f"mailer validate: {tmp_path / 'no-such.json'}: no such issue file\n"
