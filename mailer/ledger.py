@@ -112,6 +112,13 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX deliveries_queue",
         "CREATE INDEX deliveries_order ON deliveries (issue, row)",
     ],
+    # 6: a bounce under another reason. An address that bounced and also unsubscribed or
+    # complained, in either order, is on the list for the other reason, with the bounce kept
+    # beside it: lifting the unsubscribe (the page's resubscribe) then puts the bounce back
+    # rather than forgetting that the mailbox is gone.
+    [
+        "ALTER TABLE suppressions ADD COLUMN bounce TEXT",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -744,18 +751,30 @@ class Ledger:
     def suppress(self, email: str, reason: str, detail: str = "") -> bool:
         """Add an address; False when it was already there.
 
-        An unsubscribe replaces a bounce: `replay --permanent` may retry a bounced address,
-        but never one that asked to leave.
+        An unsubscribe or a complaint replaces a bounce: `replay --permanent` may retry a
+        bounced address, but never one that asked to leave. The bounce is kept beside it, as is
+        one that comes for an address already there for another reason, so that lifting that
+        reason never forgets it (`resubscribe`).
         """
-        with self.lock:
+        key = email.lower()
+        with self.lock, self._atomic():
             cursor = self.db.execute(
                 "INSERT INTO suppressions (key, email, reason, detail, created_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-                "reason=excluded.reason, detail=excluded.detail, created_at=excluded.created_at "
+                "reason=excluded.reason, detail=excluded.detail, created_at=excluded.created_at, "
+                "bounce=coalesce(suppressions.detail, '') "
                 "WHERE suppressions.reason = 'bounced' AND excluded.reason != 'bounced'",
-                (email.lower(), email, reason, detail, now()),
+                (key, email, reason, detail, now()),
             )
+            if cursor.rowcount == 0 and reason == "bounced":
+                self.db.execute(
+                    "UPDATE suppressions SET bounce=? WHERE key=? AND reason != 'bounced'", (detail, key)
+                )
         return cursor.rowcount == 1
+
+    def _atomic(self) -> contextlib.AbstractContextManager[None]:
+        """A write transaction of its own, or the caller's when one is open (`transaction`)."""
+        return contextlib.nullcontext() if self.db.in_transaction else self._transaction()
 
     def unsuppress(self, email: str) -> bool:
         cursor = self.db.execute("DELETE FROM suppressions WHERE key=?", (email.lower(),))
@@ -768,7 +787,8 @@ class Ledger:
 
     def suppressed(self) -> list[tuple[str, str, str, str]]:
         return self.db.execute(
-            "SELECT email, reason, coalesce(detail, ''), created_at FROM suppressions ORDER BY created_at"
+            "SELECT email, reason, coalesce(detail, '') || coalesce('; bounced too: ' || bounce, ''), "
+            "created_at FROM suppressions ORDER BY created_at"
         ).fetchall()
 
     def suppression_reasons(self, issue: str) -> dict[str, str]:
@@ -787,11 +807,16 @@ class Ledger:
         return None if row is None else str(row[0])
 
     def resubscribe(self, email: str) -> bool:
-        """Lift an unsubscribe, never a bounce or a complaint; True when one was lifted."""
-        with self.lock:
-            cursor = self.db.execute(
-                "DELETE FROM suppressions WHERE key=? AND reason='unsubscribed'", (email.lower(),)
+        """Lift an unsubscribe, never a bounce or a complaint; True when the address is off the
+        list. A bounce kept under the unsubscribe is put back in its place."""
+        key = email.lower()
+        with self.lock, self._atomic():
+            self.db.execute(
+                "UPDATE suppressions SET reason='bounced', detail=bounce, bounce=NULL "
+                "WHERE key=? AND reason='unsubscribed' AND bounce IS NOT NULL",
+                (key,),
             )
+            cursor = self.db.execute("DELETE FROM suppressions WHERE key=? AND reason='unsubscribed'", (key,))
         return cursor.rowcount == 1
 
     @staticmethod

@@ -125,6 +125,39 @@ def test_a_failed_migration_changes_nothing(sent, capsys, monkeypatch):
     assert dump(sent) == before  # the first statement was rolled back with the second
 
 
+def test_a_version_5_ledger_keeps_its_bounces_under_a_later_unsubscribe(env, capsys, ledger_path):
+    """Version 6 keeps a bounce beside an unsubscribe. A version 5 ledger (its schema made by
+    the first five migrations, as version 5 of the mailer made it) is migrated with its
+    suppression list whole; an unsubscribe over one of its bounces, lifted again, leaves the
+    bounce."""
+    ledger_path.parent.mkdir()
+    db = sqlite3.connect(ledger_path)
+    for step in ledger_module.MIGRATIONS[:5]:
+        for statement in step:
+            db.execute(statement)
+    db.execute("INSERT INTO suppressions VALUES ('bob@example.org', 'bob@example.org', 'bounced', "
+               "'2026-11-20: 5.1.1 no such user', '2026-11-20T06:00:00Z')")
+    db.execute("PRAGMA user_version=5")
+    db.commit()
+    db.close()
+
+    assert run(capsys, "unsubscribe", "bob@example.org")[0] == 0
+    assert user_version(ledger_path) == SCHEMA_VERSION
+    code, out, _ = run(capsys, "suppressed")
+    assert code == 0
+    assert out.splitlines()[0].split("\t")[:2] == ["bob@example.org", "unsubscribed"]
+    assert out.splitlines()[0].endswith("; bounced too: 2026-11-20: 5.1.1 no such user")
+
+    ledger = Ledger(ledger_path)
+    try:
+        assert ledger.resubscribe("bob@example.org") is False  # still off the list: it bounced
+        assert ledger.suppressed() == [
+            ("bob@example.org", "bounced", "2026-11-20: 5.1.1 no such user", ledger.suppressed()[0][3])
+        ]
+    finally:
+        ledger.close()
+
+
 # -- newer ledgers ------------------------------------------------------------------------
 
 

@@ -282,6 +282,43 @@ def test_resubscribe_never_lifts_a_bounce_or_a_complaint(served, reason):
     assert suppressions(served.state) == {ADDRESS: reason}
 
 
+def test_an_unsubscribe_after_a_bounce_lifted_puts_the_bounce_back(served):
+    """The mailbox is gone (a hard bounce); the reader, from another address's browser or an
+    old message, unsubscribes and then resubscribes. The bounce must not be forgotten: the
+    address stays off the list, for the bounce, and the page says so."""
+    ledger = Ledger.in_dir(served.state)
+    ledger.suppress(ADDRESS, "bounced", "2026-11-24: 5.1.1 no such user")
+    ledger.close()
+    served.one_click(served.url())
+    assert suppressions(served.state) == {ADDRESS: "unsubscribed"}
+    response = served.request("POST", served.url(), b"action=resubscribe",
+                              {"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status == 409 and "Welcome back" not in response.body
+    assert suppressions(served.state) == {ADDRESS: "bounced"}
+    ledger = Ledger.in_dir(served.state)
+    try:
+        bounce = (ADDRESS, "bounced", "2026-11-24: 5.1.1 no such user")
+        assert [row[:3] for row in ledger.suppressed()] == [bounce]
+    finally:
+        ledger.close()
+
+
+def test_a_bounce_for_an_unsubscribed_address_outlives_its_resubscribe(served):
+    """The other order: unsubscribed first, then a bounce comes back for the address (a message
+    sent before the unsubscribe). The bounce is kept with the unsubscribe, and a resubscribe
+    leaves the address suppressed for it."""
+    served.one_click(served.url())
+    ledger = Ledger.in_dir(served.state)
+    assert ledger.suppress(ADDRESS, "bounced", "5.1.1 returned, issue 2026-11-24") is False  # already off
+    both = ("unsubscribed", "by one-click; bounced too: 5.1.1 returned, issue 2026-11-24")
+    assert ledger.suppressed()[0][1:3] == both
+    ledger.close()
+    response = served.request("POST", served.url(), b"action=resubscribe",
+                              {"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status == 409
+    assert suppressions(served.state) == {ADDRESS: "bounced"}
+
+
 # -- everything else --------------------------------------------------------------------------
 
 
