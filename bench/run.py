@@ -10,7 +10,8 @@ real, private Postfix instance on loopback (tests/postfix/relay.sh: its queue on
 to Maildirs; needs root), whose Maildirs are emptied between runs.
 
 In both modes Postfix's smtp-source sends the same count, size and connections into the same
-server in the same run, and the ratio is printed. A rate is messages over the wall time of the
+server in the same run, and the ratio is printed; the mailer goes first in odd runs (--repeat)
+and last in even ones. A rate is messages over the wall time of the
 sender's whole command (start-up and the plan of the list included), which ends when its last
 message was accepted (the server's 250 to the final dot) and it has quit: what went into the
 server, not what the relay has delivered since. Each figure carries the sender's CPU time (user
@@ -492,12 +493,16 @@ def compare(
     size: int,
     count: int,
     connections: int,
-    run: str,
+    run: int,
     profile: Path | None,
     message_path: Path | None = None,
 ) -> float | None:
     """One mailer send and one smtp-source run of the same shape into `server`; the ratio. With
-    `message_path`, also the plain sender's run: that message to the same list."""
+    `message_path`, also the plain sender's run: that message to the same list.
+
+    The mailer goes first in odd runs and last in even ones: into a real Postfix, whichever
+    sender follows a quiet spell was often the fastest, and a range over several runs then
+    holds both orders."""
     csv_path = tmp / f"subscribers-{count}.csv"
     if not csv_path.exists():
         write_subscribers(csv_path, count)
@@ -516,26 +521,39 @@ def compare(
         command = [tool, "record", "--gil", "--format", "raw", "--rate", "250", "-o", str(profile_file),
                    "--", *command]  # fmt: skip
     label = f"{connections} connection(s)"
+    source_command = smtp_source_command(server.port, count, connections, size)
+    plain_command = None if message_path is None else [
+        sys.executable, str(PLAIN_SENDER), str(server.port), str(connections), str(message_path),
+        str(csv_path),
+    ]  # fmt: skip
+    others = [c for c in (source_command, plain_command) if c is not None]
+
+    def others_run() -> list[Figure]:
+        figures = []
+        for other in others:
+            figure = measure(other, count)
+            note = server.settle(count)
+            name = "smtp-source" if other is source_command else "plain sender"
+            print(f"{name}, {label}: {figure.describe(count, note, peak=False)}", flush=True)
+            figures.append(figure)
+        return figures
+
+    figures = others_run() if run % 2 == 0 else []
     mailer = measure(command, count, env)
     note = server.settle(count)
     print(f"mailer send, {label}: {mailer.describe(count, note)}", flush=True)
     if profile_file is not None and profile_file.exists():
         print(f"  profile in {profile_file} (the figures above include py-spy's cost)")
         print("\n".join(summarise_profile(profile_file)), flush=True)
-    source_command = smtp_source_command(server.port, count, connections, size)
-    if source_command is None or mailer.code != 0:
+    if mailer.code != 0 or source_command is None:
         return None
-    source = measure(source_command, count)
-    note = server.settle(count)
-    print(f"smtp-source, {label}: {source.describe(count, note, peak=False)}", flush=True)
+    if run % 2 == 1:
+        figures = others_run()
+    source = figures[0]
     ratio = mailer.rate / source.rate
     print(f"ratio, {label}, {count:,} messages: {ratio:.2f}", flush=True)
-    if message_path is not None:
-        plain_command = [sys.executable, str(PLAIN_SENDER), str(server.port), str(connections),
-                         str(message_path), str(csv_path)]  # fmt: skip
-        plain = measure(plain_command, count)
-        note = server.settle(count)
-        print(f"plain sender, {label}: {plain.describe(count, note, peak=False)}", flush=True)
+    if plain_command is not None:
+        plain = figures[1]
         print(
             f"ratio to the plain sender (the same message to the same list), {label}, "
             f"{count:,} messages: {mailer.rate / plain.rate:.2f}; smtp-source to it: "
@@ -604,7 +622,7 @@ def main() -> int:
                 for connections in args.connections:
                     for n in range(1, args.repeat + 1):
                         ratio = compare(
-                            server, tmp, issue_path, size, count, connections, str(n), args.profile,
+                            server, tmp, issue_path, size, count, connections, n, args.profile,
                             message_path if args.relay == "postfix" else None,
                         )
                         if ratio is not None:
