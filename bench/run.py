@@ -2,7 +2,7 @@
 
     python bench/run.py [--count 20000 ...] [--connections 1 4] [--message-size 25000]
                         [--relay sink|postfix] [--sink auto|aiosmtpd] [--repeat N]
-                        [--dry-run-rows 1000000] [--profile DIR]
+                        [--dry-run-rows 1000000] [--after-test-send] [--profile DIR]
 
 --relay sink (the default) sends into an SMTP sink: Postfix's smtp-sink when installed (Debian
 package `postfix`), else aiosmtpd (and no smtp-source comparison). --relay postfix sends into a
@@ -22,6 +22,10 @@ subscribers, at 97 domains, and a real Postfix works harder for that (a mailbox 
 destination each). So with --relay postfix a plain sender (bench/plain_sender.py: the mailer's
 own message, built once, to the same list, pipelined, one process per connection, no ledger)
 runs too, and the mailer's rate over its rate is printed beside the ratio to smtp-source.
+
+With --after-test-send, each mailer send follows a test send (`--to`) in the same state
+directory, as the morning run follows the editor's: its rendering is then kept, and Jinja2 and
+premailer are skipped. Without it, each send is a first run.
 
 The issue is generated from the example issue at the size asked for (its summaries trimmed or
 repeated, its pictures dropped from the last stories first), so that the 25 KB and the 43 KB
@@ -496,6 +500,7 @@ def compare(
     run: int,
     profile: Path | None,
     message_path: Path | None = None,
+    after_test_send: bool = False,
 ) -> float | None:
     """One mailer send and one smtp-source run of the same shape into `server`; the ratio. With
     `message_path`, also the plain sender's run: that message to the same list.
@@ -521,6 +526,18 @@ def compare(
         command = [tool, "record", "--gil", "--format", "raw", "--rate", "250", "-o", str(profile_file),
                    "--", *command]  # fmt: skip
     label = f"{connections} connection(s)"
+    if after_test_send:
+        # What an editor does before the morning run: a [TEST] copy to themselves, in the same
+        # state directory, which keeps the rendering (Jinja2 and premailer are then skipped).
+        # The state directory is there already, as on a machine that has sent before.
+        state.mkdir(parents=True, exist_ok=True)
+        test_send = [sys.executable, "-m", "mailer", "send", str(issue_path), "--to", "editor@example.org"]
+        code = run_measured(test_send, env, stdout=subprocess.DEVNULL)[2]
+        if code != 0:
+            raise SystemExit(f"bench: the test send before the run failed (exit {code})")
+        if not any((state / "rendered").glob("*.json")):
+            raise SystemExit("bench: the test send kept no rendering in the state directory")
+        server.settle(1)
     source_command = smtp_source_command(server.port, count, connections, size)
     plain_command = None if message_path is None else [
         sys.executable, str(PLAIN_SENDER), str(server.port), str(connections), str(message_path),
@@ -541,7 +558,8 @@ def compare(
     figures = others_run() if run % 2 == 0 else []
     mailer = measure(command, count, env)
     note = server.settle(count)
-    print(f"mailer send, {label}: {mailer.describe(count, note)}", flush=True)
+    kept = ", after a test send" if after_test_send else ""
+    print(f"mailer send, {label}{kept}: {mailer.describe(count, note)}", flush=True)
     if profile_file is not None and profile_file.exists():
         print(f"  profile in {profile_file} (the figures above include py-spy's cost)")
         print("\n".join(summarise_profile(profile_file)), flush=True)
@@ -551,11 +569,11 @@ def compare(
         figures = others_run()
     source = figures[0]
     ratio = mailer.rate / source.rate
-    print(f"ratio, {label}, {count:,} messages: {ratio:.2f}", flush=True)
+    print(f"ratio, {label}{kept}, {count:,} messages: {ratio:.2f}", flush=True)
     if plain_command is not None:
         plain = figures[1]
         print(
-            f"ratio to the plain sender (the same message to the same list), {label}, "
+            f"ratio to the plain sender (the same message to the same list), {label}{kept}, "
             f"{count:,} messages: {mailer.rate / plain.rate:.2f}; smtp-source to it: "
             f"{source.rate / plain.rate:.2f}",
             flush=True,
@@ -591,6 +609,12 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each figure")
     parser.add_argument(
+        "--after-test-send",
+        action="store_true",
+        help="before each mailer send, a test send (--to) in its state directory, as an editor "
+        "makes before the morning run: the send then finds its rendering kept",
+    )
+    parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="record each mailer send with py-spy --gil into DIR"
     )
     args = parser.parse_args()
@@ -623,7 +647,7 @@ def main() -> int:
                     for n in range(1, args.repeat + 1):
                         ratio = compare(
                             server, tmp, issue_path, size, count, connections, n, args.profile,
-                            message_path if args.relay == "postfix" else None,
+                            message_path if args.relay == "postfix" else None, args.after_test_send,
                         )
                         if ratio is not None:
                             ratios.setdefault((count, connections), []).append(ratio)

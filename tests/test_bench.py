@@ -52,6 +52,13 @@ def test_message_size_reshapes_the_issue_to_the_size_asked_for(size):
     assert re.search(r"mailer send, 1 connection\(s\): .*exit 0", out)
 
 
+def test_bench_after_a_test_send_finds_the_rendering_kept():
+    """--after-test-send: the morning run after the editor's test copy. The bench stops with an
+    error when the test send kept no rendering in the state directory."""
+    out = run_bench("--count", "50", "--dry-run-rows", "0", "--connections", "2", "--after-test-send")
+    assert re.search(r"mailer send, 2 connection\(s\), after a test send: .*\(50 in .*exit 0", out)
+
+
 def test_bench_refuses_a_message_size_too_small_to_be_an_issue():
     done = subprocess.run(
         [sys.executable, str(BENCH), "--message-size", "10"], capture_output=True, text=True, timeout=60
