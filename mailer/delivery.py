@@ -562,7 +562,7 @@ class Delivery:
         permanent = exc.verdict in (Verdict.BAD_ADDRESS, Verdict.REFUSED)
         ledger.record(self.issue, key, "failed", attempts, exc.code, exc.message, permanent=permanent)
         if bad_address:
-            ledger.suppress(email, "bounced", f"{self.issue}: {exc.message}")
+            ledger.suppress(email, "bounced", self._bounce_detail(exc))
         refusal.failed = True
         self.tally.failed += 1
         log.warning(
@@ -571,6 +571,10 @@ class Delivery:
             "; suppressed for later issues" if bad_address else "",
         )
         return None
+
+    def _bounce_detail(self, exc: DeliveryError) -> str:
+        """What a bounce at RCPT is recorded with, and recognised by when an outage undoes it."""
+        return f"{self.issue}: {exc.message}"
 
     def _stop_for_outage(
         self, undo: list[_Refusal], job: _Job, exc: DeliveryError, *, throttled: bool = False
@@ -600,6 +604,6 @@ class Delivery:
                 answered=refusal.job is job,
             )
             if released and refusal.error.verdict is Verdict.BAD_ADDRESS:
-                self.ledger.unsuppress_bounce(r.email)
+                self.ledger.unsuppress_bounce(r.email, self._bounce_detail(refusal.error))
             if refusal.failed:
                 self.tally.failed -= 1

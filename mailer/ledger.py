@@ -751,10 +751,11 @@ class Ledger:
     def suppress(self, email: str, reason: str, detail: str = "") -> bool:
         """Add an address; False when it was already there.
 
-        An unsubscribe or a complaint replaces a bounce: `replay --permanent` may retry a
-        bounced address, but never one that asked to leave. The bounce is kept beside it, as is
-        one that comes for an address already there for another reason, so that lifting that
-        reason never forgets it (`resubscribe`).
+        An unsubscribe or a complaint replaces a bounce (`replay --permanent` may retry a
+        bounced address, never one that asked to leave), and a complaint replaces an
+        unsubscribe (a resubscribe lifts an unsubscribe, never a complaint). A bounce replaced,
+        or one that comes for an address already there for another reason, is kept beside it
+        (the first one kept), so that lifting that reason never forgets it (`resubscribe`).
         """
         key = email.lower()
         with self.lock, self._atomic():
@@ -762,13 +763,16 @@ class Ledger:
                 "INSERT INTO suppressions (key, email, reason, detail, created_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
                 "reason=excluded.reason, detail=excluded.detail, created_at=excluded.created_at, "
-                "bounce=coalesce(suppressions.detail, '') "
-                "WHERE suppressions.reason = 'bounced' AND excluded.reason != 'bounced'",
+                "bounce=CASE WHEN suppressions.reason = 'bounced' THEN coalesce(suppressions.detail, '') "
+                "ELSE suppressions.bounce END "
+                "WHERE (suppressions.reason = 'bounced' AND excluded.reason != 'bounced') "
+                "OR (suppressions.reason = 'unsubscribed' AND excluded.reason = 'complained')",
                 (key, email, reason, detail, now()),
             )
             if cursor.rowcount == 0 and reason == "bounced":
                 self.db.execute(
-                    "UPDATE suppressions SET bounce=? WHERE key=? AND reason != 'bounced'", (detail, key)
+                    "UPDATE suppressions SET bounce=? WHERE key=? AND reason != 'bounced' AND bounce IS NULL",
+                    (detail, key),
                 )
         return cursor.rowcount == 1
 
@@ -780,14 +784,25 @@ class Ledger:
         cursor = self.db.execute("DELETE FROM suppressions WHERE key=?", (email.lower(),))
         return cursor.rowcount == 1
 
-    def unsuppress_bounce(self, email: str) -> None:
-        """A replayed address that was refused before and is now accepted leaves the list."""
-        with self.lock:
-            self.db.execute("DELETE FROM suppressions WHERE key=? AND reason='bounced'", (email.lower(),))
+    def unsuppress_bounce(self, email: str, detail: str | None = None) -> None:
+        """A bounce taken back, kept under another reason too: any, for a replayed address that
+        was refused before and is now accepted; only the one recorded with `detail`, for a
+        refusal that turned out to be an outage's (an older bounce stays)."""
+        key = email.lower()
+        with self.lock, self._atomic():
+            if detail is None:
+                self.db.execute("DELETE FROM suppressions WHERE key=? AND reason='bounced'", (key,))
+                self.db.execute("UPDATE suppressions SET bounce=NULL WHERE key=?", (key,))
+            else:
+                self.db.execute(
+                    "DELETE FROM suppressions WHERE key=? AND reason='bounced' AND detail=?", (key, detail)
+                )
+                self.db.execute("UPDATE suppressions SET bounce=NULL WHERE key=? AND bounce=?", (key, detail))
 
     def suppressed(self) -> list[tuple[str, str, str, str]]:
         return self.db.execute(
-            "SELECT email, reason, coalesce(detail, '') || coalesce('; bounced too: ' || bounce, ''), "
+            "SELECT email, reason, coalesce(detail, '') || CASE WHEN bounce IS NULL THEN '' "
+            "WHEN bounce = '' THEN '; bounced too' ELSE '; bounced too: ' || bounce END, "
             "created_at FROM suppressions ORDER BY created_at"
         ).fetchall()
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ledger_rows, write_subscribers
+from conftest import ledger_rows, write_csv, write_subscribers
 from smtpserver import free_port
 
 from mailer.cli import main
@@ -60,6 +60,46 @@ def test_a_relay_refusing_everything_permanently_suppresses_no_one(env, smtp, is
     smtp.recorder.default = None
     assert main(["send", str(issue_file)]) == 0
     assert len(smtp.recorder.received()) == 60
+
+
+def test_an_outage_leaves_no_bounce_under_an_unsubscribe_made_during_it(env, smtp, issue_file, tmp_path):
+    """A reader unsubscribes while the run is on (the list is checked at the final dot, after
+    RCPT TO), and the relay, refusing everything as unknown, answers their RCPT with 5.1.1. The
+    outage undoes that refusal: no bounce is left under the unsubscribe, so the reader can
+    resubscribe; an older bounce kept under another address's unsubscribe stays."""
+    addresses = [f"reader{n}@example{n % 3}.org" for n in range(30)]
+    write_csv(tmp_path / "subscribers.csv", "email\n" + "\n".join(addresses) + "\n")
+    state = Path(env["MAILER_STATE_DIR"])
+    target = addresses[4]
+    ledger = Ledger.in_dir(state)
+    ledger.suppress("old@example.org", "bounced", "2026-11-20: 5.1.1 no such user")
+    ledger.suppress("old@example.org", "unsubscribed", "by one-click")
+    ledger.close()
+
+    def refuse_all(recipient: str, attempt: int) -> str:
+        if recipient == target:  # as `mailer serve` would, from another connection
+            other = Ledger.in_dir(state)
+            try:
+                other.suppress(recipient, "unsubscribed", "during the run")
+            finally:
+                other.close()
+        return "rcpt:550"
+
+    smtp.recorder.default = refuse_all
+    assert main(["send", str(issue_file)]) == 75
+    assert counts(env)["failed"] == 0
+    assert smtp.recorder.attempts[target] == 1  # its refusal was one of those undone
+    listed = {row[0]: row[1:3] for row in suppressed(env)}
+    assert listed == {
+        target: ("unsubscribed", "during the run"),
+        "old@example.org": ("unsubscribed", "by one-click; bounced too: 2026-11-20: 5.1.1 no such user"),
+    }
+    ledger = Ledger.in_dir(state)
+    try:
+        assert ledger.resubscribe(target) is True
+        assert ledger.resubscribe("old@example.org") is False
+    finally:
+        ledger.close()
 
 
 def test_a_few_bad_addresses_among_good_ones_are_still_failures(env, smtp, issue_file, tmp_path):

@@ -319,6 +319,20 @@ def test_a_bounce_for_an_unsubscribed_address_outlives_its_resubscribe(served):
     assert suppressions(served.state) == {ADDRESS: "bounced"}
 
 
+def test_a_complaint_after_an_unsubscribe_is_never_lifted_by_a_resubscribe(served):
+    """Unsubscribed on the page, then a spam complaint comes back for the same address
+    (`mailer inbox`): the complaint replaces the unsubscribe, and the page's resubscribe no
+    longer lifts the address."""
+    served.one_click(served.url())
+    ledger = Ledger.in_dir(served.state)
+    assert ledger.suppress(ADDRESS, "complained", "a complaint, issue 2026-11-24") is True
+    ledger.close()
+    response = served.request("POST", served.url(), b"action=resubscribe",
+                              {"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status == 409
+    assert suppressions(served.state) == {ADDRESS: "complained"}
+
+
 # -- everything else --------------------------------------------------------------------------
 
 
