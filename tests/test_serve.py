@@ -79,6 +79,11 @@ class Served:
         return self.request("POST", target, b"List-Unsubscribe=One-Click",
                             {"Content-Type": "application/x-www-form-urlencoded"})
 
+    def resubscribe(self) -> Response:
+        """The button on the page after an unsubscribe."""
+        return self.request("POST", self.url(), b"action=resubscribe",
+                            {"Content-Type": "application/x-www-form-urlencoded"})
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -261,8 +266,7 @@ def test_addresses_are_escaped_in_every_page(served):
 
 def test_resubscribe_lifts_an_unsubscribe(served):
     served.one_click(served.url())
-    response = served.request("POST", served.url(), b"action=resubscribe",
-                              {"Content-Type": "application/x-www-form-urlencoded"})
+    response = served.resubscribe()
     assert_plain_200(response)
     assert suppressions(served.state) == {}
     assert "Welcome back" in response.body
@@ -276,8 +280,7 @@ def test_resubscribe_never_lifts_a_bounce_or_a_complaint(served, reason):
     ledger.close()
     page = served.request("GET", served.url())
     assert page.status == 200 and "Not receiving" in page.body
-    response = served.request("POST", served.url(), b"action=resubscribe",
-                              {"Content-Type": "application/x-www-form-urlencoded"})
+    response = served.resubscribe()
     assert response.status == 409
     assert suppressions(served.state) == {ADDRESS: reason}
 
@@ -291,8 +294,7 @@ def test_an_unsubscribe_after_a_bounce_lifted_puts_the_bounce_back(served):
     ledger.close()
     served.one_click(served.url())
     assert suppressions(served.state) == {ADDRESS: "unsubscribed"}
-    response = served.request("POST", served.url(), b"action=resubscribe",
-                              {"Content-Type": "application/x-www-form-urlencoded"})
+    response = served.resubscribe()
     assert response.status == 409 and "Welcome back" not in response.body
     assert suppressions(served.state) == {ADDRESS: "bounced"}
     ledger = Ledger.in_dir(served.state)
@@ -313,8 +315,7 @@ def test_a_bounce_for_an_unsubscribed_address_outlives_its_resubscribe(served):
     both = ("unsubscribed", "by one-click; bounced too: 5.1.1 returned, issue 2026-11-24")
     assert ledger.suppressed()[0][1:3] == both
     ledger.close()
-    response = served.request("POST", served.url(), b"action=resubscribe",
-                              {"Content-Type": "application/x-www-form-urlencoded"})
+    response = served.resubscribe()
     assert response.status == 409
     assert suppressions(served.state) == {ADDRESS: "bounced"}
 
@@ -327,8 +328,7 @@ def test_a_complaint_after_an_unsubscribe_is_never_lifted_by_a_resubscribe(serve
     ledger = Ledger.in_dir(served.state)
     assert ledger.suppress(ADDRESS, "complained", "a complaint, issue 2026-11-24") is True
     ledger.close()
-    response = served.request("POST", served.url(), b"action=resubscribe",
-                              {"Content-Type": "application/x-www-form-urlencoded"})
+    response = served.resubscribe()
     assert response.status == 409
     assert suppressions(served.state) == {ADDRESS: "complained"}
 
