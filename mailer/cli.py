@@ -635,13 +635,16 @@ def entry() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # Starting up makes many objects and next to no garbage: no collections until the
-    # command's own work begins (set_aside).
+    # command's own work begins (set_aside). A caller in the same process (the tests) gets
+    # the collector back as it had it.
+    enabled, frozen = gc.isenabled(), gc.get_freeze_count()
     gc.disable()
     try:
         return _main(argv)
     finally:
-        gc.unfreeze()  # called in-process (the tests), the caller's objects are collected again
-        gc.enable()
+        if not frozen:
+            gc.unfreeze()
+        (gc.enable if enabled else gc.disable)()
 
 
 def _main(argv: Sequence[str] | None) -> int:

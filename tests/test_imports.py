@@ -131,6 +131,19 @@ def test_the_collector_skips_start_up_and_is_left_as_it_was(tmp_path):
     assert seen["enabled_after"] and seen["frozen_after"] == 0
 
 
+def test_a_caller_with_the_collector_off_gets_it_back_off(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    probe = "import gc\ngc.disable()\n" + GC_PROBE
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "config"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=120,
+    )
+    seen = json.loads(done.stderr.strip().splitlines()[-1])
+    assert seen["code"] == 0, done.stderr
+    assert seen["enabled"]  # the command itself runs with it
+    assert not seen["enabled_after"] and seen["frozen_after"] == 0
+
+
 def test_the_command_exits_with_its_code_and_its_output_whole(tmp_path):
     """`python -m mailer` (as the installed `mailer`) ends through entry(), which freezes
     what is left before the interpreter exits: the exit code and the output still come whole."""
