@@ -785,15 +785,15 @@ class Ledger:
         return cursor.rowcount == 1
 
     def unsuppress_bounce(self, email: str, detail: str | None = None) -> None:
-        """A bounce taken back, kept under another reason too: any, for a replayed address that
-        was refused before and is now accepted; only the one recorded with `detail`, for a
-        refusal that turned out to be an outage's (an older bounce stays)."""
+        """A bounce taken back: any, for a replayed address that was refused before and is now
+        accepted; only the one recorded with `detail`, for a refusal that turned out to be an
+        outage's (an older bounce stays), kept under another reason too."""
         key = email.lower()
-        with self.lock, self._atomic():
+        with self.lock:
             if detail is None:
                 self.db.execute("DELETE FROM suppressions WHERE key=? AND reason='bounced'", (key,))
-                self.db.execute("UPDATE suppressions SET bounce=NULL WHERE key=?", (key,))
-            else:
+                return
+            with self._atomic():
                 self.db.execute(
                     "DELETE FROM suppressions WHERE key=? AND reason='bounced' AND detail=?", (key, detail)
                 )
