@@ -109,8 +109,7 @@ class Hub:
             else:
                 task.switch(value)
             if not ready and self._round:
-                waiting, self._round = self._round, []
-                ready.extend((None, task, None) for task in waiting)
+                self._end_round()
 
     def _wait(self) -> None:
         """Wait for a socket, a thread's call or a timer; who waited for it is ready then."""
@@ -228,8 +227,12 @@ class Hub:
             self._round.append(getcurrent())
             self._main.switch()
         elif self._round:  # the last to come: the others go on after this one
-            waiting, self._round = self._round, []
-            self._ready.extend((None, task, None) for task in waiting)
+            self._end_round()
+
+    def _end_round(self) -> None:
+        """Everyone waiting for the end of the round is ready again."""
+        waiting, self._round = self._round, []
+        self._ready.extend((None, task, None) for task in waiting)
 
     def blocking(self, call: Callable[[], T]) -> T:
         """Run `call` in a thread of its own, the other tasks going on meanwhile."""
