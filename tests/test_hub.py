@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +30,24 @@ def run(hub: Hub, *tasks) -> list[str]:
     return stopped
 
 
-def test_a_reply_wakes_its_waiter_while_the_others_go_on():
-    hub = Hub()
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected pair of sockets: the first non-blocking, as a connection's under the hub."""
     a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_reply_wakes_its_waiter_while_the_others_go_on(pair):
+    hub = Hub()
+    a, b = pair
     seen: list[str] = []
 
     def reader() -> None:
-        a.setblocking(False)
         hub.readable(a, 5.0)
         seen.append(a.recv(100).decode())
 
@@ -44,32 +56,23 @@ def test_a_reply_wakes_its_waiter_while_the_others_go_on():
         hub.sleep(0.05)
         b.send(b"250 ok")
 
-    try:
-        assert run(hub, reader, writer) == []
-    finally:
-        a.close()
-        b.close()
+    assert run(hub, reader, writer) == []
     assert seen == ["writer ran", "250 ok"]
 
 
-def test_a_reply_that_never_comes_times_out():
+def test_a_reply_that_never_comes_times_out(pair):
     hub = Hub()
-    a, b = socket.socketpair()
+    a, _ = pair
     outcome: list[object] = []
 
     def reader() -> None:
-        a.setblocking(False)
         started = time.monotonic()
         try:
             hub.readable(a, 0.2)
         except TimeoutError:
             outcome.append(time.monotonic() - started)
 
-    try:
-        run(hub, reader)
-    finally:
-        a.close()
-        b.close()
+    run(hub, reader)
     assert len(outcome) == 1 and 0.15 <= outcome[0] < 5  # type: ignore[operator]
 
 
@@ -151,12 +154,11 @@ def test_a_signal_wakes_a_waiter_before_its_time_out():
     assert waited[0] < 5
 
 
-def test_a_connection_closed_while_nobody_waits_does_not_make_the_hub_spin():
+def test_a_connection_closed_while_nobody_waits_does_not_make_the_hub_spin(pair):
     hub = Hub()
-    a, b = socket.socketpair()
+    a, b = pair
 
     def task() -> None:
-        a.setblocking(False)
         b.send(b"220 ready")
         hub.readable(a, 5.0)
         a.recv(100)
@@ -164,10 +166,7 @@ def test_a_connection_closed_while_nobody_waits_does_not_make_the_hub_spin():
         hub.sleep(0.5)
 
     started = time.process_time()
-    try:
-        run(hub, task)
-    finally:
-        a.close()
+    run(hub, task)
     assert time.process_time() - started < 0.3  # polling a readable socket for 0.5 s would not
 
 
