@@ -543,14 +543,14 @@ def compare(
         sys.executable, str(PLAIN_SENDER), str(server.port), str(connections), str(message_path),
         str(csv_path),
     ]  # fmt: skip
-    others = [c for c in (source_command, plain_command) if c is not None]
+    named = (("smtp-source", source_command), ("plain sender", plain_command))
+    others = [(name, other) for name, other in named if other is not None]
 
     def others_run() -> list[Figure]:
         figures = []
-        for other in others:
+        for name, other in others:
             figure = measure(other, count)
             note = server.settle(count)
-            name = "smtp-source" if other is source_command else "plain sender"
             print(f"{name}, {label}: {figure.describe(count, note, peak=False)}", flush=True)
             figures.append(figure)
         return figures
